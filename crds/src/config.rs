@@ -1,0 +1,432 @@
+//! The ingest config contract: what the operator renders into a tenant's ConfigMap and
+//! what every ingest pod reads from its mounted file at start-up.
+//!
+//! The operator is the only writer and the ingest service the only reader, so this one
+//! type is the whole contract between them. HMAC keys are *not* part of it: they come
+//! from the mounted Secret (a keys directory, one file per key id), so a key rotation
+//! changes no config and rolls no pod.
+//!
+//! The file is JSON. Unknown fields are refused, so a typo in a hand-written config is
+//! reported instead of silently falling back to a default.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Name of the config file inside the mounted ConfigMap.
+pub const CONFIG_FILE_NAME: &str = "config.json";
+
+/// The largest body the wire contract allows by default (50 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 50 * 1024 * 1024;
+
+/// The largest number of test results one report may carry by default.
+pub const DEFAULT_MAX_TESTS: u32 = 10_000;
+
+/// Hard ceiling on `maxTests`: the wire contract allows at most 10,000 tests.
+pub const MAX_TESTS_CEILING: u32 = 10_000;
+
+/// Everything one ingest pod needs to serve one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The tenant this pod serves; recorded on every ingestion, audit row and message.
+    pub tenant: String,
+    /// Repositories (UUIDs) this tenant may post reports for. A report for any other
+    /// repository is refused as unknown, whatever key signed it.
+    pub repositories: Vec<Uuid>,
+    /// Which signature schemes are accepted.
+    #[serde(default)]
+    pub signatures: SignatureConfig,
+    /// This pod's share of the endpoint's rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// Request and report size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Where accepted reports are published.
+    pub broker: BrokerTopology,
+    /// Outbox backpressure: when to stop accepting while the broker is away.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// The accepted signature schemes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignatureConfig {
+    /// The legacy anchorpipe scheme: `Authorization: Bearer <repo_id>` and
+    /// `X-FR-Sig: hex(HMAC-SHA256(key, body))`. It has no replay protection.
+    #[serde(default = "default_true")]
+    pub legacy: bool,
+    /// The Standard Webhooks scheme (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), with replay protection by timestamp.
+    #[serde(default = "default_true")]
+    pub standard_webhooks: bool,
+    /// How far a Standard Webhooks timestamp may be from this pod's clock, in seconds.
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_seconds: u64,
+}
+
+impl Default for SignatureConfig {
+    fn default() -> Self {
+        Self {
+            legacy: true,
+            standard_webhooks: true,
+            timestamp_tolerance_seconds: default_tolerance(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Standard Webhooks recommends five minutes.
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// A token bucket: a sustained rate and the burst allowed on top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limit {
+    /// Sustained requests per minute.
+    pub requests_per_minute: u32,
+    /// Requests allowed at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+/// Rate limits as enforced by *this pod*: the operator divides the endpoint-wide
+/// figures by the replica count, so N pods together enforce the endpoint's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Limit for each repository.
+    pub per_repository: Limit,
+    /// Limit for the whole endpoint, all repositories together.
+    pub per_endpoint: Limit,
+}
+
+/// Size limits applied before and during validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request body in bytes; larger ones get 413 before they are read.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Largest number of test results in one report (at most 10,000).
+    #[serde(default = "default_max_tests")]
+    pub max_tests: u32,
+    /// Bytes of request bodies this pod holds in memory at once, summed over all
+    /// requests. A request that cannot get its share in time is answered 503, so memory
+    /// stays bounded whatever the number of concurrent uploads.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            max_tests: default_max_tests(),
+            max_in_flight_bytes: default_in_flight(),
+        }
+    }
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+fn default_max_tests() -> u32 {
+    DEFAULT_MAX_TESTS
+}
+
+/// Four maximum-size bodies at once; 200 MiB keeps a pod well inside a 1 GiB limit
+/// even with the parsed copy of each body.
+fn default_in_flight() -> u64 {
+    4 * DEFAULT_MAX_BODY_BYTES
+}
+
+/// RabbitMQ queue flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueType {
+    /// Replicated, durable; the default for anything that must not lose data.
+    #[default]
+    Quorum,
+    /// A classic durable queue (single node).
+    Classic,
+}
+
+impl QueueType {
+    /// The value of the `x-queue-type` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// A tenant's broker topology: one durable topic exchange shared by tenants, the
+/// tenant's queue bound to it by routing key, and a dead-letter exchange with the
+/// tenant's dead-letter queue for messages consumers reject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerTopology {
+    /// Topic exchange reports are published to.
+    pub exchange: String,
+    /// Routing key used for this tenant's reports.
+    pub routing_key: String,
+    /// The tenant's queue.
+    pub queue: String,
+    /// Queue type.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Message time-to-live in the queue, in milliseconds; expired messages are dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ttl_ms: Option<u32>,
+    /// Exchange that rejected or expired messages are dead-lettered to.
+    pub dead_letter_exchange: String,
+    /// The tenant's dead-letter queue, bound to the dead-letter exchange by the routing key.
+    pub dead_letter_queue: String,
+}
+
+impl BrokerTopology {
+    /// The conventional topology for a tenant: a shared `anchorpipe.reports` exchange,
+    /// and queue names derived from the tenant name.
+    pub fn for_tenant(tenant: &str) -> Self {
+        Self {
+            exchange: "anchorpipe.reports".to_owned(),
+            routing_key: format!("tenant.{tenant}.test-run"),
+            queue: format!("anchorpipe.{tenant}.reports"),
+            queue_type: QueueType::Quorum,
+            message_ttl_ms: None,
+            dead_letter_exchange: "anchorpipe.reports.dlx".to_owned(),
+            dead_letter_queue: format!("anchorpipe.{tenant}.reports.dlq"),
+        }
+    }
+}
+
+/// Outbox backpressure. While the broker is away reports keep being accepted into the
+/// outbox; past either cap the service answers 503 with `Retry-After` instead of
+/// growing without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Unsent outbox rows (for this tenant) above which new reports are refused.
+    #[serde(default = "default_backlog_rows")]
+    pub max_backlog_rows: u64,
+    /// Age in seconds of the oldest unsent row above which new reports are refused.
+    #[serde(default = "default_backlog_age")]
+    pub max_backlog_age_seconds: u64,
+    /// How long sent rows are kept before the cleanup deletes them, in seconds.
+    #[serde(default = "default_retention")]
+    pub sent_retention_seconds: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_backlog_rows: default_backlog_rows(),
+            max_backlog_age_seconds: default_backlog_age(),
+            sent_retention_seconds: default_retention(),
+        }
+    }
+}
+
+/// A quarter of a million small reports is about an hour of a busy tenant.
+fn default_backlog_rows() -> u64 {
+    250_000
+}
+
+/// Six hours: long enough to ride out a broker upgrade, short enough to notice.
+fn default_backlog_age() -> u64 {
+    6 * 3600
+}
+
+/// One hour of sent rows helps when investigating a delivery question.
+fn default_retention() -> u64 {
+    3600
+}
+
+/// A config that cannot be used, with the field that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON for the expected shape at `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("config field `{field}` is invalid: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl IngestConfig {
+    /// Parses and validates a config file's contents. Errors name the offending field.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: IngestConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.tenant.trim().is_empty() {
+            return invalid("tenant", "must not be empty");
+        }
+        if self.repositories.is_empty() {
+            return invalid("repositories", "must list at least one repository UUID");
+        }
+        for (field, limit) in [
+            ("rateLimit.perRepository", self.rate_limit.per_repository),
+            ("rateLimit.perEndpoint", self.rate_limit.per_endpoint),
+        ] {
+            if limit.requests_per_minute == 0 {
+                return invalid(field, "requestsPerMinute must be at least 1");
+            }
+            if limit.burst == 0 {
+                return invalid(field, "burst must be at least 1");
+            }
+        }
+        if self.limits.max_body_bytes == 0 {
+            return invalid("limits.maxBodyBytes", "must be at least 1");
+        }
+        if self.limits.max_tests == 0 || self.limits.max_tests > MAX_TESTS_CEILING {
+            return invalid("limits.maxTests", "must be between 1 and 10000");
+        }
+        if self.limits.max_in_flight_bytes < self.limits.max_body_bytes {
+            return invalid(
+                "limits.maxInFlightBytes",
+                "must be at least maxBodyBytes, or a maximum-size report could never be read",
+            );
+        }
+        for (field, value) in [
+            ("broker.exchange", &self.broker.exchange),
+            ("broker.routingKey", &self.broker.routing_key),
+            ("broker.queue", &self.broker.queue),
+            ("broker.deadLetterExchange", &self.broker.dead_letter_exchange),
+            ("broker.deadLetterQueue", &self.broker.dead_letter_queue),
+        ] {
+            // AMQP 0-9-1 short strings are at most 255 bytes; empty names mean the default
+            // exchange or a server-named queue, neither of which is what a tenant wants.
+            if value.is_empty() || value.len() > 255 {
+                return invalid(field, "must be 1 to 255 bytes");
+            }
+        }
+        if self.broker.exchange == self.broker.dead_letter_exchange {
+            return invalid(
+                "broker.deadLetterExchange",
+                "must differ from broker.exchange, or rejected messages would loop",
+            );
+        }
+        if self.outbox.max_backlog_rows == 0 {
+            return invalid("outbox.maxBacklogRows", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "tenant": "acme",
+            "repositories": ["7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61"],
+            "rateLimit": {
+                "perRepository": {"requestsPerMinute": 60, "burst": 10},
+                "perEndpoint": {"requestsPerMinute": 600, "burst": 50}
+            },
+            "broker": {
+                "exchange": "anchorpipe.reports",
+                "routingKey": "tenant.acme.test-run",
+                "queue": "anchorpipe.acme.reports",
+                "deadLetterExchange": "anchorpipe.reports.dlx",
+                "deadLetterQueue": "anchorpipe.acme.reports.dlq"
+            }
+        })
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = IngestConfig::from_json(&minimal().to_string()).unwrap();
+        assert!(config.signatures.legacy);
+        assert!(config.signatures.standard_webhooks);
+        assert_eq!(config.signatures.timestamp_tolerance_seconds, 300);
+        assert_eq!(config.limits.max_body_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.limits.max_tests, 10_000);
+        assert_eq!(config.broker.queue_type, QueueType::Quorum);
+        assert_eq!(config.outbox, OutboxConfig::default());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let config = IngestConfig::from_json(&minimal().to_string()).unwrap();
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(IngestConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let mut value = minimal();
+        value["rateLimit"]["perRepository"]["brust"] = 3.into();
+        let err = IngestConfig::from_json(&value.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rateLimit.perRepository"), "{err}");
+        assert!(err.contains("brust"), "{err}");
+    }
+
+    #[test]
+    fn bad_repository_uuid_is_named() {
+        let mut value = minimal();
+        value["repositories"][0] = "not-a-uuid".into();
+        let err = IngestConfig::from_json(&value.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repositories[0]"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases: [(&str, fn(&mut serde_json::Value)); 5] = [
+            ("tenant", |v| v["tenant"] = " ".into()),
+            ("repositories", |v| v["repositories"] = serde_json::json!([])),
+            ("rateLimit.perEndpoint", |v| {
+                v["rateLimit"]["perEndpoint"]["burst"] = 0.into()
+            }),
+            ("limits.maxTests", |v| {
+                v["limits"] = serde_json::json!({"maxTests": 10_001})
+            }),
+            ("broker.deadLetterExchange", |v| {
+                v["broker"]["deadLetterExchange"] = "anchorpipe.reports".into()
+            }),
+        ];
+        for (field, mutate) in cases {
+            let mut value = minimal();
+            mutate(&mut value);
+            let err = IngestConfig::from_json(&value.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected `{field}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_topology_names_are_derived_from_the_tenant() {
+        let topology = BrokerTopology::for_tenant("acme");
+        assert_eq!(topology.queue, "anchorpipe.acme.reports");
+        assert_eq!(topology.dead_letter_queue, "anchorpipe.acme.reports.dlq");
+        assert_eq!(topology.routing_key, "tenant.acme.test-run");
+        assert_ne!(topology.exchange, topology.dead_letter_exchange);
+    }
+}
