@@ -1,0 +1,470 @@
+//! From an `IngestionEndpoint` spec to what the tenant's pods and broker need.
+//!
+//! Pure functions only: the operator calls them inside its reconcile, and local runs or
+//! tests can render the same config from a spec without a cluster. They apply the
+//! defaults that depend on other fields (tenant, queue names), divide the endpoint-wide
+//! rate limits among the replicas, and re-check every rule the CRD schema enforces, since
+//! an object stored before a rule existed (or written with validation off) still reaches
+//! the operator.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::config::{
+    BrokerTopology, IngestConfig, Limit, LimitsConfig, OutboxConfig, QueueType, RateLimitConfig,
+    SignatureConfig,
+};
+use crate::v1alpha1::{
+    DEFAULT_GRACE_PERIOD, DEFAULT_ROTATION_PERIOD, HmacSpec, IngestionEndpointSpec, LimitSpec,
+    QueueKind,
+};
+
+/// Longest tenant name: it is embedded in queue names and in object names that carry a
+/// suffix (`-ingest`), which must stay within the 63-character DNS label limit.
+pub const MAX_TENANT_LEN: usize = 40;
+
+/// The shortest rotation period accepted; anything shorter is almost certainly a typo
+/// and would churn the Secret.
+pub const MIN_ROTATION_PERIOD: Duration = Duration::from_secs(3600);
+
+/// A spec that the operator cannot act on. Permanent: only an edit of the object fixes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid<T>(field: &'static str, message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError {
+        field,
+        message: message.into(),
+    })
+}
+
+/// The tenant: `spec.tenant`, or the object's name.
+pub fn tenant<'a>(spec: &'a IngestionEndpointSpec, object_name: &'a str) -> &'a str {
+    spec.tenant.as_deref().unwrap_or(object_name)
+}
+
+/// How minted keys are rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// A new key is minted when the current one is this old.
+    pub rotation_period: Duration,
+    /// A replaced key keeps verifying this long after its successor was minted.
+    pub grace_period: Duration,
+}
+
+/// The rotation policy of minted keys, or `None` when the keys come from a user Secret.
+pub fn rotation_policy(hmac: &HmacSpec) -> Result<Option<RotationPolicy>, SpecError> {
+    if hmac.secret_ref.is_some() {
+        if hmac.rotation_period.is_some() || hmac.grace_period.is_some() {
+            return invalid(
+                "hmac",
+                "rotationPeriod and gracePeriod apply to minted keys only; remove them when secretRef is set",
+            );
+        }
+        return Ok(None);
+    }
+    let rotation_period = parse_duration(
+        "hmac.rotationPeriod",
+        hmac.rotation_period
+            .as_deref()
+            .unwrap_or(DEFAULT_ROTATION_PERIOD),
+    )?;
+    let grace_period = parse_duration(
+        "hmac.gracePeriod",
+        hmac.grace_period.as_deref().unwrap_or(DEFAULT_GRACE_PERIOD),
+    )?;
+    if rotation_period < MIN_ROTATION_PERIOD {
+        return invalid("hmac.rotationPeriod", "must be at least 1h");
+    }
+    if grace_period >= rotation_period {
+        return invalid(
+            "hmac.gracePeriod",
+            "must be shorter than rotationPeriod, or two old keys would be valid at once",
+        );
+    }
+    Ok(Some(RotationPolicy {
+        rotation_period,
+        grace_period,
+    }))
+}
+
+/// Parses the duration syntax the CRD allows: digits followed by `h`, `m` or `s`,
+/// repeated (`720h`, `1h30m`).
+pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
+    let bad = || {
+        invalid(
+            field,
+            format!("`{text}` is not a duration such as 720h or 1h30m"),
+        )
+    };
+    if text.is_empty() {
+        return bad();
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in text.chars() {
+        if let Some(digit) = c.to_digit(10) {
+            let n = number.unwrap_or(0);
+            number = match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(digit)))
+            {
+                Some(n) => Some(n),
+                None => return bad(),
+            };
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return bad(),
+        };
+        let Some(n) = number.take() else {
+            return bad();
+        };
+        total = match n.checked_mul(unit).and_then(|s| total.checked_add(s)) {
+            Some(t) => t,
+            None => return bad(),
+        };
+    }
+    if number.is_some() {
+        return bad();
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// One pod's share of an endpoint-wide limit with `replicas` pods.
+///
+/// Rounded up, and never below 1: a tenant never gets less than it asked for, and the
+/// overshoot is at most `replicas - 1` requests per minute (and burst), which is small
+/// against any real limit. Rounding down instead could give a pod a limit of 0.
+pub fn per_pod_share(limit: LimitSpec, replicas: i32) -> Limit {
+    let n = u32::try_from(replicas.max(1)).unwrap_or(1);
+    Limit {
+        requests_per_minute: limit.requests_per_minute.div_ceil(n).max(1),
+        burst: limit.burst.div_ceil(n).max(1),
+    }
+}
+
+/// The tenant's broker topology: the conventional names for the tenant, overridden by
+/// whatever `spec.queue` sets.
+pub fn broker_topology(spec: &IngestionEndpointSpec, tenant: &str) -> BrokerTopology {
+    let defaults = BrokerTopology::for_tenant(tenant);
+    let q = &spec.queue;
+    BrokerTopology {
+        exchange: q.exchange.clone().unwrap_or(defaults.exchange),
+        routing_key: q.routing_key.clone().unwrap_or(defaults.routing_key),
+        queue: q.name.clone().unwrap_or(defaults.queue),
+        queue_type: match q.queue_type {
+            QueueKind::Quorum => QueueType::Quorum,
+            QueueKind::Classic => QueueType::Classic,
+        },
+        message_ttl_ms: q.message_ttl_seconds.and_then(|s| s.checked_mul(1000)),
+        dead_letter_exchange: q
+            .dead_letter_exchange
+            .clone()
+            .unwrap_or(defaults.dead_letter_exchange),
+        dead_letter_queue: q
+            .dead_letter_queue
+            .clone()
+            .unwrap_or(defaults.dead_letter_queue),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// Checks the rules the CRD schema enforces that the rendering relies on.
+pub fn validate(spec: &IngestionEndpointSpec, object_name: &str) -> Result<(), SpecError> {
+    let tenant = tenant(spec, object_name);
+    if tenant.len() > MAX_TENANT_LEN || !is_dns_label(tenant) {
+        return invalid(
+            "tenant",
+            format!(
+                "`{tenant}` must be 1 to {MAX_TENANT_LEN} lowercase letters, digits or '-' (set spec.tenant when the object name does not fit)"
+            ),
+        );
+    }
+    repositories(spec)?;
+    rotation_policy(&spec.hmac)?;
+    if !spec.signatures.legacy && !spec.signatures.standard_webhooks {
+        return invalid(
+            "signatures",
+            "at least one signature scheme must be enabled",
+        );
+    }
+    if !(1..=50).contains(&spec.replicas) {
+        return invalid("replicas", "must be between 1 and 50");
+    }
+    let rl = &spec.rate_limit;
+    for (field, limit) in [
+        ("rateLimit.perRepository", rl.per_repository),
+        ("rateLimit.perEndpoint", rl.per_endpoint),
+    ] {
+        if limit.requests_per_minute == 0 || limit.burst == 0 {
+            return invalid(field, "requestsPerMinute and burst must be at least 1");
+        }
+    }
+    if rl.per_repository.requests_per_minute > rl.per_endpoint.requests_per_minute {
+        return invalid(
+            "rateLimit.perRepository",
+            "requestsPerMinute cannot exceed perEndpoint.requestsPerMinute",
+        );
+    }
+    if let Some(ingress) = &spec.ingress
+        && (ingress.host.is_empty()
+            || ingress.host.len() > 253
+            || !ingress.host.split('.').all(is_dns_label))
+    {
+        return invalid(
+            "ingress.host",
+            "must be a lowercase DNS name such as reports.example.com",
+        );
+    }
+    Ok(())
+}
+
+/// The repository ids, parsed and de-duplicated in their original order.
+pub fn repositories(spec: &IngestionEndpointSpec) -> Result<Vec<Uuid>, SpecError> {
+    if spec.repositories.is_empty() {
+        return invalid("repositories", "must list at least one repository UUID");
+    }
+    let mut out: Vec<Uuid> = Vec::with_capacity(spec.repositories.len());
+    for text in &spec.repositories {
+        let Ok(id) = Uuid::parse_str(text) else {
+            return invalid("repositories", format!("`{text}` is not a UUID"));
+        };
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Renders the config one ingest pod reads, for the spec's replica count.
+pub fn ingest_config(
+    spec: &IngestionEndpointSpec,
+    object_name: &str,
+) -> Result<IngestConfig, SpecError> {
+    validate(spec, object_name)?;
+    let tenant = tenant(spec, object_name);
+    let max_body_bytes = spec.limits.max_body_bytes;
+    let defaults = LimitsConfig::default();
+    let config = IngestConfig {
+        tenant: tenant.to_owned(),
+        repositories: repositories(spec)?,
+        signatures: SignatureConfig {
+            legacy: spec.signatures.legacy,
+            standard_webhooks: spec.signatures.standard_webhooks,
+            ..SignatureConfig::default()
+        },
+        rate_limit: RateLimitConfig {
+            per_repository: per_pod_share(spec.rate_limit.per_repository, spec.replicas),
+            per_endpoint: per_pod_share(spec.rate_limit.per_endpoint, spec.replicas),
+        },
+        limits: LimitsConfig {
+            max_body_bytes,
+            max_tests: spec.limits.max_tests,
+            // Keep the pod's memory bound unless one report alone is larger than it.
+            max_in_flight_bytes: defaults.max_in_flight_bytes.max(max_body_bytes),
+        },
+        broker: broker_topology(spec, tenant),
+        outbox: OutboxConfig::default(),
+    };
+    // The contract's own checks: a spec that passes ours but not the reader's would
+    // crash-loop every pod, so refuse it here where the message reaches the user.
+    config.validate().map_err(|e| SpecError {
+        field: "(rendered config)",
+        message: e.to_string(),
+    })?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{IngressSpec, SecretRef};
+
+    fn spec() -> IngestionEndpointSpec {
+        serde_json::from_value(serde_json::json!({
+            "repositories": ["7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn minimal_spec_gets_documented_defaults() {
+        let spec = spec();
+        assert_eq!(spec.replicas, 2);
+        assert_eq!(spec.rate_limit.per_repository.requests_per_minute, 60);
+        assert_eq!(spec.rate_limit.per_repository.burst, 10);
+        assert_eq!(spec.rate_limit.per_endpoint.requests_per_minute, 600);
+        assert_eq!(spec.rate_limit.per_endpoint.burst, 100);
+        assert!(spec.signatures.legacy && spec.signatures.standard_webhooks);
+        assert_eq!(spec.limits.max_body_bytes, 50 * 1024 * 1024);
+        assert_eq!(spec.limits.max_tests, 10_000);
+        assert_eq!(
+            spec.queue.deletion_policy,
+            crate::v1alpha1::DeletionPolicy::Retain
+        );
+        let policy = rotation_policy(&spec.hmac).unwrap().unwrap();
+        assert_eq!(policy.rotation_period, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(policy.grace_period, Duration::from_secs(24 * 3600));
+
+        let config = ingest_config(&spec, "acme").unwrap();
+        assert_eq!(config.tenant, "acme");
+        assert_eq!(config.broker, BrokerTopology::for_tenant("acme"));
+        assert_eq!(config.limits, LimitsConfig::default());
+        // Two replicas by default: each pod enforces half.
+        assert_eq!(config.rate_limit.per_endpoint.requests_per_minute, 300);
+        assert_eq!(config.rate_limit.per_repository.burst, 5);
+    }
+
+    #[test]
+    fn per_pod_share_for_replica_counts() {
+        let limit = LimitSpec {
+            requests_per_minute: 600,
+            burst: 10,
+        };
+        // (replicas, per-pod rpm, per-pod burst): rounded up, so N pods together allow at
+        // least the endpoint's figure and at most N-1 more.
+        let cases = [(1, 600, 10), (2, 300, 5), (3, 200, 4), (7, 86, 2)];
+        for (replicas, rpm, burst) in cases {
+            let share = per_pod_share(limit, replicas);
+            assert_eq!(
+                (share.requests_per_minute, share.burst),
+                (rpm, burst),
+                "replicas={replicas}"
+            );
+            let total = share.requests_per_minute * replicas as u32;
+            assert!(total >= 600 && total < 600 + replicas as u32, "{total}");
+        }
+        let tiny = LimitSpec {
+            requests_per_minute: 1,
+            burst: 1,
+        };
+        assert_eq!(per_pod_share(tiny, 7).requests_per_minute, 1);
+        assert_eq!(per_pod_share(tiny, 7).burst, 1);
+    }
+
+    #[test]
+    fn durations_parse_like_the_crd_pattern() {
+        let ok = [
+            ("720h", 720 * 3600),
+            ("1h30m", 5400),
+            ("90s", 90),
+            ("0h", 0),
+        ];
+        for (text, secs) in ok {
+            assert_eq!(
+                parse_duration("f", text).unwrap(),
+                Duration::from_secs(secs)
+            );
+        }
+        for text in ["", "h", "30d", "1.5h", "10", "-1h", "99999999999999999999h"] {
+            assert!(parse_duration("f", text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        type Mutation = Box<dyn Fn(&mut IngestionEndpointSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("tenant", Box::new(|s| s.tenant = Some("Acme".into()))),
+            ("repositories", Box::new(|s| s.repositories.clear())),
+            (
+                "repositories",
+                Box::new(|s| s.repositories = vec!["nope".into()]),
+            ),
+            (
+                "hmac.gracePeriod",
+                Box::new(|s| s.hmac.grace_period = Some("720h".into())),
+            ),
+            (
+                "hmac.rotationPeriod",
+                Box::new(|s| s.hmac.rotation_period = Some("30m".into())),
+            ),
+            (
+                "hmac",
+                Box::new(|s| {
+                    s.hmac.secret_ref = Some(SecretRef { name: "k".into() });
+                    s.hmac.rotation_period = Some("48h".into());
+                }),
+            ),
+            (
+                "signatures",
+                Box::new(|s| {
+                    s.signatures.legacy = false;
+                    s.signatures.standard_webhooks = false;
+                }),
+            ),
+            ("replicas", Box::new(|s| s.replicas = 0)),
+            (
+                "rateLimit.perRepository",
+                Box::new(|s| s.rate_limit.per_repository.requests_per_minute = 10_000),
+            ),
+            (
+                "rateLimit.perEndpoint",
+                Box::new(|s| s.rate_limit.per_endpoint.burst = 0),
+            ),
+            (
+                "ingress.host",
+                Box::new(|s| {
+                    s.ingress = Some(IngressSpec {
+                        host: "https://x.example.com".into(),
+                        class_name: None,
+                        tls_secret_name: None,
+                    })
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = ingest_config(&s, "acme").unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn queue_overrides_and_ttl() {
+        let mut s = spec();
+        s.tenant = Some("team-a".into());
+        s.queue.name = Some("custom.q".into());
+        s.queue.message_ttl_seconds = Some(60);
+        s.queue.queue_type = QueueKind::Classic;
+        let t = broker_topology(&s, tenant(&s, "ignored"));
+        assert_eq!(t.queue, "custom.q");
+        assert_eq!(t.dead_letter_queue, "anchorpipe.team-a.reports.dlq");
+        assert_eq!(t.message_ttl_ms, Some(60_000));
+        assert_eq!(t.queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn large_bodies_raise_the_in_flight_budget() {
+        let mut s = spec();
+        s.limits.max_body_bytes = 512 * 1024 * 1024;
+        let config = ingest_config(&s, "acme").unwrap();
+        assert_eq!(config.limits.max_in_flight_bytes, 512 * 1024 * 1024);
+    }
+
+    #[test]
+    fn duplicate_repositories_are_collapsed() {
+        let mut s = spec();
+        s.repositories.push(s.repositories[0].to_uppercase());
+        assert_eq!(repositories(&s).unwrap().len(), 1);
+    }
+}

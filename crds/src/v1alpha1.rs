@@ -1,0 +1,430 @@
+//! `IngestionEndpoint` (`anchorpipe.dev/v1alpha1`): one tenant's ingestion endpoint.
+//!
+//! Platform teams write the spec; the operator reads it and writes the status. Doc
+//! comments on the fields below are what `kubectl explain ingestionendpoint.spec` shows,
+//! so they are written for the person filling in the object. The API server refuses
+//! invalid objects through the schema and CEL rules declared here; the operator checks
+//! the same rules again (see [`crate::render`]) because an object can predate a rule.
+//!
+//! Defaults that depend on other fields (the tenant defaults to the object name, queue
+//! names derive from the tenant) are applied by the operator, not by the schema, so the
+//! stored object keeps what the user wrote.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation on an `IngestionEndpoint`: set it to a new value (any string, e.g. a
+/// timestamp) to mint a new HMAC key now. Each distinct value rotates once.
+pub const ROTATE_ANNOTATION: &str = "anchorpipe.dev/rotate-key";
+
+/// Annotation on an `IngestionEndpoint` being deleted: `"true"` releases the finalizer
+/// without removing the broker queues (for a broker that is gone for good).
+pub const SKIP_BROKER_CLEANUP_ANNOTATION: &str = "anchorpipe.dev/skip-broker-cleanup";
+
+/// The finalizer that guards the tenant's broker queues.
+pub const FINALIZER: &str = "anchorpipe.dev/broker-topology";
+
+/// Default HMAC key rotation period (30 days).
+pub const DEFAULT_ROTATION_PERIOD: &str = "720h";
+
+/// Default time a replaced HMAC key keeps verifying (24 hours): long enough for every CI
+/// system to pick up the new secret.
+pub const DEFAULT_GRACE_PERIOD: &str = "24h";
+
+/// Lowercase DNS label: the tenant ends up in object names, queue names and routing keys.
+const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A Go-style duration restricted to hours, minutes and seconds, e.g. `720h` or `1h30m`.
+/// CEL's `duration()` understands the same syntax, so rules can compare them.
+const DURATION_PATTERN: &str = "^([0-9]+(h|m|s))+$";
+
+/// An AMQP name: printable, no spaces.
+const AMQP_NAME: &str = "^[-_.:a-zA-Z0-9]+$";
+
+/// A DNS-1123 subdomain (an Ingress host).
+const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// An endpoint that receives CI test reports for one tenant.
+///
+/// The operator mints the tenant's HMAC signing keys into a Secret, renders the ingest
+/// configuration, runs the ingest pods behind a Service (and an Ingress when asked),
+/// and declares the tenant's RabbitMQ queue.
+// The printer columns repeat `type_ = "string"`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "anchorpipe.dev",
+    version = "v1alpha1",
+    kind = "IngestionEndpoint",
+    plural = "ingestionendpoints",
+    shortname = "ie",
+    category = "anchorpipe",
+    namespaced,
+    status = "IngestionEndpointStatus",
+    derive = "PartialEq",
+    doc = "An endpoint that receives CI test reports for one tenant: HMAC keys, rate limits, a RabbitMQ queue and the ingest pods serving it.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the endpoint accepts reports"
+    ),
+    printcolumn(
+        name = "Tenant",
+        type_ = "string",
+        json_path = ".status.tenant",
+        description = "The tenant the endpoint serves"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        description = "Where CI systems post reports"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ingest pods ready"
+    ),
+    printcolumn(
+        name = "Key",
+        type_ = "string",
+        json_path = ".status.currentKeyId",
+        description = "Id of the HMAC key new reports should be signed with",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.tenant) == has(oldSelf.tenant) && (!has(self.tenant) || self.tenant == oldSelf.tenant)").message("tenant cannot be changed after creation: its keys, queue and stored reports belong to the old name; create a new IngestionEndpoint instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct IngestionEndpointSpec {
+    /// Tenant name, recorded on every report and used in queue names. Lowercase letters,
+    /// digits and '-', at most 40 characters. Defaults to the object's name. Cannot be
+    /// changed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40), regex(pattern = DNS_LABEL))]
+    pub tenant: Option<String>,
+
+    /// Repository ids (UUIDs) this tenant may post reports for. A report for any other
+    /// repository is refused, whichever key signed it.
+    #[schemars(length(min = 1, max = 1000), inner(length(max = 36)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(r, r.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))").message("every repository must be a UUID such as 7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61"))]
+    pub repositories: Vec<String>,
+
+    /// HMAC signing keys: minted and rotated by the operator (the default), or taken from
+    /// an existing Secret.
+    #[serde(default)]
+    pub hmac: HmacSpec,
+
+    /// Which request signature schemes are accepted.
+    #[serde(default)]
+    pub signatures: SignaturesSpec,
+
+    /// Rate limits for the whole endpoint. The operator divides them among the ingest
+    /// pods, so together they enforce these figures.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+
+    /// The tenant's RabbitMQ topology. All names default from the tenant.
+    #[serde(default)]
+    pub queue: QueueSpec,
+
+    /// Size limits for reports.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+
+    /// Publish the endpoint outside the cluster through an Ingress. Without it the
+    /// endpoint is reachable inside the cluster through its Service only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Number of ingest pods. A PodDisruptionBudget keeps one available when above 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: i32,
+
+    /// Compute resources of each ingest pod. Defaults to requests of 100m CPU and 256Mi
+    /// memory and a 1Gi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Container image of the ingest service. Defaults to the image the operator was
+    /// installed with; set it only to pin or test a version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// HMAC signing keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("!has(self.secretRef) || (!has(self.rotationPeriod) && !has(self.gracePeriod))").message("rotationPeriod and gracePeriod apply to minted keys only; remove them when secretRef is set"))]
+#[x_kube(validation = Rule::new("duration(has(self.gracePeriod) ? self.gracePeriod : '24h') < duration(has(self.rotationPeriod) ? self.rotationPeriod : '720h')").message("gracePeriod must be shorter than rotationPeriod (defaults 24h and 720h), or two old keys would be valid at once"))]
+#[serde(rename_all = "camelCase")]
+pub struct HmacSpec {
+    /// How often a new key is minted, as a duration such as `720h` (hours, minutes and
+    /// seconds only). Defaults to 720h (30 days). At least 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotationPeriod must be at least 1h"))]
+    pub rotation_period: Option<String>,
+
+    /// How long the previous key keeps verifying after a new one is minted, e.g. `24h`.
+    /// Defaults to 24h. Must be shorter than rotationPeriod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub grace_period: Option<String>,
+
+    /// Use the keys in this existing Secret instead of minting them. Every data entry is
+    /// a key: its name is the key id (letters, digits, '-', '_', '.'), its value the
+    /// secret. You rotate them yourself; the pods pick changes up without restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+}
+
+/// A Secret in the endpoint's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// Accepted request signature schemes. At least one must be on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.legacy || self.standardWebhooks").message("at least one signature scheme must be enabled"))]
+#[serde(rename_all = "camelCase")]
+pub struct SignaturesSpec {
+    /// Accept the legacy scheme (`Authorization: Bearer <repo_id>` plus `X-FR-Sig`, a hex
+    /// HMAC-SHA256 of the body). It has no replay protection; turn it off once all
+    /// clients send Standard Webhooks signatures.
+    #[serde(default = "default_true")]
+    pub legacy: bool,
+    /// Accept Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), which are protected against replay.
+    #[serde(default = "default_true")]
+    pub standard_webhooks: bool,
+}
+
+impl Default for SignaturesSpec {
+    fn default() -> Self {
+        Self {
+            legacy: true,
+            standard_webhooks: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Endpoint-wide rate limits.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.perRepository.requestsPerMinute <= self.perEndpoint.requestsPerMinute").message("perRepository.requestsPerMinute cannot exceed perEndpoint.requestsPerMinute"))]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Limit for each repository. Defaults to 60 requests per minute, burst 10.
+    #[serde(default = "default_per_repository")]
+    pub per_repository: LimitSpec,
+    /// Limit for all repositories together. Defaults to 600 requests per minute, burst 100.
+    #[serde(default = "default_per_endpoint")]
+    pub per_endpoint: LimitSpec,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            per_repository: default_per_repository(),
+            per_endpoint: default_per_endpoint(),
+        }
+    }
+}
+
+fn default_per_repository() -> LimitSpec {
+    LimitSpec {
+        requests_per_minute: 60,
+        burst: 10,
+    }
+}
+
+fn default_per_endpoint() -> LimitSpec {
+    LimitSpec {
+        requests_per_minute: 600,
+        burst: 100,
+    }
+}
+
+/// A token bucket: a sustained rate and the burst allowed on top of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitSpec {
+    /// Sustained requests per minute, 1 to 1000000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_minute: u32,
+    /// Requests accepted at once before the sustained rate applies, 1 to 100000.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub burst: u32,
+}
+
+/// The tenant's RabbitMQ topology: a queue bound to a shared topic exchange, and a
+/// dead-letter queue for messages consumers reject.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("(has(self.exchange) ? self.exchange : 'anchorpipe.reports') != (has(self.deadLetterExchange) ? self.deadLetterExchange : 'anchorpipe.reports.dlx')").message("deadLetterExchange must differ from exchange, or rejected messages would loop"))]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// Topic exchange reports are published to. Defaults to `anchorpipe.reports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
+    pub exchange: Option<String>,
+    /// The tenant's queue. Defaults to `anchorpipe.<tenant>.reports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
+    #[x_kube(validation = Rule::new("!self.startsWith('amq.')").message("queue names starting with 'amq.' are reserved by RabbitMQ"))]
+    pub name: Option<String>,
+    /// Routing key of the tenant's reports. Defaults to `tenant.<tenant>.test-run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
+    pub routing_key: Option<String>,
+    /// Queue type: `quorum` (replicated, the default) or `classic`. Cannot be changed
+    /// once the queue exists: RabbitMQ cannot convert a queue.
+    #[serde(default, rename = "type")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("queue type cannot be changed: RabbitMQ cannot convert an existing queue"))]
+    pub queue_type: QueueKind,
+    /// How long a report message may wait in the queue, in seconds, before it is
+    /// dead-lettered. Unset means messages wait until consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_294_967))]
+    pub message_ttl_seconds: Option<u32>,
+    /// Exchange rejected or expired messages go to. Defaults to `anchorpipe.reports.dlx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
+    pub dead_letter_exchange: Option<String>,
+    /// The tenant's dead-letter queue. Defaults to `anchorpipe.<tenant>.reports.dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
+    pub dead_letter_queue: Option<String>,
+    /// What happens to the tenant's queues when this object is deleted: `Retain` (the
+    /// default) keeps them and any messages in them; `Delete` removes both queues and the
+    /// messages in them. Shared exchanges are never deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// RabbitMQ queue type.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueKind {
+    /// Replicated and durable.
+    #[default]
+    Quorum,
+    /// Durable on a single node.
+    Classic,
+}
+
+/// What deleting the endpoint does to its queues.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Keep the queues and their messages.
+    #[default]
+    Retain,
+    /// Delete the queues and their messages.
+    Delete,
+}
+
+/// Report size limits.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest accepted request body in bytes; larger requests are answered 413.
+    /// Defaults to 52428800 (50 MiB), at most 1 GiB.
+    #[serde(default = "default_max_body_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_body_bytes: u64,
+    /// Largest number of test results in one report. Defaults to 10000, the maximum.
+    #[serde(default = "default_max_tests")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_tests: u32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            max_tests: default_max_tests(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> u64 {
+    crate::config::DEFAULT_MAX_BODY_BYTES
+}
+
+fn default_max_tests() -> u32 {
+    crate::config::DEFAULT_MAX_TESTS
+}
+
+/// How the endpoint is published outside the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Public host name, e.g. `reports.example.com`. Reports are accepted at
+    /// `https://<host>/api/ingestion` (http when no TLS secret is given).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("host must be a lowercase DNS name such as reports.example.com, without scheme, port or path"))]
+    pub host: String,
+    /// IngressClass to use. Defaults to the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// Secret holding the TLS certificate for the host. Without it the Ingress serves
+    /// plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub tls_secret_name: Option<String>,
+}
+
+/// What the operator observed and did. Written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestionEndpointStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `SecretReady`, `QueueReady`, `Available` and `Ready`, each with a reason and a
+    /// message.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The tenant the endpoint serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Where CI systems post reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Secret holding the HMAC keys; each data entry is one key, named by its key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Id of the newest key: sign new reports with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_key_id: Option<String>,
+    /// The tenant's RabbitMQ queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Ingest pods ready to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}

@@ -1,0 +1,74 @@
+//! The operator's one error type.
+//!
+//! Every error is either *permanent* (only a change to the object can fix it: the
+//! controller waits for that change) or *transient* (the API server or the broker may
+//! recover: the controller retries with backoff). [`Error::is_permanent`] decides.
+
+use anchorpipe_crds::render::SpecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec breaks a rule the schema should have enforced.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+
+    /// The stored object does not even deserialize into the current types.
+    #[error("object does not match the IngestionEndpoint schema: {0}")]
+    Malformed(String),
+
+    /// An object the operator would write exists and belongs to someone else.
+    #[error("{kind} `{name}` exists and is not owned by this IngestionEndpoint")]
+    Conflict { kind: &'static str, name: String },
+
+    /// A Secret the user referenced is missing or unusable (they may still create it).
+    #[error("Secret `{name}`: {message}")]
+    UserSecret { name: String, message: String },
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("broker: {0}")]
+    Broker(String),
+
+    #[error("serializing {what}: {message}")]
+    Serialize { what: &'static str, message: String },
+
+    #[error("no randomness available for a new key: {0}")]
+    Random(String),
+
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
+
+    #[error(transparent)]
+    Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
+
+    #[error("leader election: {0}")]
+    Lease(String),
+
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying without a change to the object is pointless.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::InvalidSpec(_)
+            | Error::Malformed(_)
+            | Error::Conflict { .. }
+            | Error::Serialize { .. }
+            | Error::MissingMetadata(_) => true,
+            // 400/422: the API server refused what we built from the spec, e.g. an image
+            // reference it cannot accept; resubmitting the same object fails the same way.
+            Error::Kube(kube::Error::Api(status)) => matches!(status.code, 400 | 422),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_permanent(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

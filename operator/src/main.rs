@@ -1,0 +1,156 @@
+//! `anchorpipe-operator`: `crd` prints the CRD, `run` runs the controller.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anchorpipe_operator::builders::Settings;
+use anchorpipe_operator::leader::LeaseConfig;
+use anchorpipe_operator::run::RunConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "anchorpipe-operator",
+    version,
+    about = "Turns IngestionEndpoints into running tenants"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the IngestionEndpoint CRD as YAML.
+    Crd,
+    /// Run the controller.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Ingest image used for endpoints that do not set spec.image.
+    #[arg(long, env = "ANCHORPIPE_INGEST_IMAGE")]
+    ingest_image: String,
+    /// Secret, in each endpoint's namespace, with the `database-url` and `amqp-url` keys
+    /// handed to the ingest pods.
+    #[arg(
+        long,
+        env = "ANCHORPIPE_PLATFORM_SECRET",
+        default_value = "anchorpipe-platform"
+    )]
+    platform_secret: String,
+    /// Broker URL the operator declares tenant topology through.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "ANCHORPIPE_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    listen: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "anchorpipe-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease; defaults to a random id.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a broker operation may take before it counts as failed.
+    #[arg(long, default_value_t = 10)]
+    broker_timeout_seconds: u64,
+    /// Seconds a deletion waits for the broker before the finalizer is released anyway.
+    #[arg(long, default_value_t = 300)]
+    cleanup_timeout_seconds: u64,
+    /// Seconds between re-checks of a healthy endpoint.
+    #[arg(long, default_value_t = 300)]
+    resync_seconds: u64,
+    #[arg(
+        long,
+        env = "ANCHORPIPE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+fn random_identity() -> String {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 4];
+    let _ = rand::rngs::OsRng.try_fill_bytes(&mut bytes);
+    format!("anchorpipe-operator-{}", hex::encode(bytes))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match anchorpipe_operator::crdgen::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            let config = RunConfig {
+                settings: Settings {
+                    ingest_image: args.ingest_image,
+                    platform_secret: args.platform_secret,
+                },
+                amqp_url: args.amqp_url,
+                listen: args.listen,
+                lease: LeaseConfig {
+                    name: args.lease_name,
+                    identity: args.identity.unwrap_or_else(random_identity),
+                    lease_duration: Duration::from_secs(15),
+                    renew_period: Duration::from_secs(5),
+                },
+                lease_namespace: args.lease_namespace,
+                broker_timeout: Duration::from_secs(args.broker_timeout_seconds),
+                cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
+                resync: Duration::from_secs(args.resync_seconds),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(anchorpipe_operator::run::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "operator stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! The reconcile pipeline for one `IngestionEndpoint`.
+//!
+//! ```text
+//! finalizer ─ apply:   validate → keys (Secret) → ConfigMap → Deployment → Service
+//!           │          → Ingress? → PDB? → broker topology → status, Events
+//!           └ cleanup: broker queues per deletionPolicy, bounded in time
+//! ```
+//!
+//! Objects are built by the pure functions in [`crate::builders`] and [`crate::keys`] and
+//! written with server-side apply under one field manager. Errors are sorted by
+//! [`Error::is_permanent`]: permanent ones wait for the object to change, transient ones
+//! are retried with a per-object exponential backoff. An object that does not even
+//! deserialize is reported through an Event and left alone, so it cannot block others.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anchorpipe_crds::render::{self, RotationPolicy};
+use anchorpipe_crds::v1alpha1::{
+    DeletionPolicy, FINALIZER, IngestionEndpoint, IngestionEndpointStatus, ROTATE_ANNOTATION,
+    SKIP_BROKER_CLEANUP_ANNOTATION,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, instrument, warn};
+
+use crate::broker::{Broker, BrokerError};
+use crate::builders::{self, MANAGER, Names, Settings};
+use crate::error::{Error, Result};
+use crate::keys::{self, MintReason};
+use crate::metrics::{
+    BrokerOperation, BrokerOutcome, Metrics, Outcome, ReleaseLabels, ReleaseReason, RotationLabels,
+    RotationReason,
+};
+use crate::status::{self, Check};
+
+/// The current time; injected so tests can move it.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// First retry delay after a transient error; doubled per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay: a broker or API outage is retried at least every 5 minutes.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub broker: Arc<dyn Broker>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// How long a deletion waits for the broker before the finalizer is released anyway.
+    pub cleanup_timeout: Duration,
+    /// Periodic re-check of a healthy endpoint (drift, referenced Secrets).
+    pub resync: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        cleanup_timeout: Duration,
+        resync: Duration,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance: None,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            broker,
+            metrics,
+            clock,
+            cleanup_timeout,
+            resync,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes an Event; a failure to do so is logged, never fatal.
+    async fn event(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
+            warn!(%error, reason, "could not publish event");
+        }
+    }
+
+    fn next_backoff(&self, key: &str) -> Duration {
+        let mut failures = match self.failures.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        let delay = BACKOFF_BASE
+            .saturating_mul(2u32.saturating_pow(*n))
+            .min(BACKOFF_MAX);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        let mut failures = match self.failures.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failures.remove(key);
+    }
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The controller's reconcile function.
+pub async fn reconcile(
+    obj: Arc<DeserializeGuard<IngestionEndpoint>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_guarded(&obj, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => {
+            ctx.reset_backoff(&object_key(obj.as_ref()));
+            Outcome::Success
+        }
+        Err(e) if e.is_permanent() => Outcome::PermanentError,
+        Err(_) => Outcome::TransientError,
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+/// The controller's error policy: permanent errors wait for a change to the object,
+/// transient ones retry with exponential backoff per object.
+pub fn error_policy(
+    obj: Arc<DeserializeGuard<IngestionEndpoint>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = object_key(obj.as_ref());
+    if error.is_permanent() {
+        warn!(object = %key, %error, "reconcile failed; waiting for the object to change");
+        Action::await_change()
+    } else {
+        let delay = ctx.next_backoff(&key);
+        warn!(object = %key, %error, retry_in_s = delay.as_secs(), "reconcile failed; retrying");
+        Action::requeue(delay)
+    }
+}
+
+async fn reconcile_guarded(
+    obj: &DeserializeGuard<IngestionEndpoint>,
+    ctx: &Arc<Context>,
+) -> Result<Action> {
+    let endpoint = match &obj.0 {
+        Ok(endpoint) => endpoint.clone(),
+        Err(invalid) => return malformed(invalid, ctx).await,
+    };
+    let namespace = endpoint
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<IngestionEndpoint> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, Arc::new(endpoint), |event| async {
+        match event {
+            FinalizerEvent::Apply(endpoint) => apply(&endpoint, ctx).await,
+            FinalizerEvent::Cleanup(endpoint) => cleanup(&endpoint, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// An object that does not match the types: tell its owner, and do not let it hold a
+/// namespace hostage: when it is being deleted, release the finalizer (nothing can be
+/// cleaned up for a spec that cannot be read).
+async fn malformed(
+    invalid: &kube::core::error_boundary::InvalidObject,
+    ctx: &Context,
+) -> Result<Action> {
+    let meta = &invalid.metadata;
+    let reference = ObjectReference {
+        api_version: Some(IngestionEndpoint::api_version(&()).into_owned()),
+        kind: Some(IngestionEndpoint::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        ..ObjectReference::default()
+    };
+    warn!(namespace = ?meta.namespace, name = ?meta.name, error = %invalid.error, "malformed IngestionEndpoint");
+    let deleting = meta.deletion_timestamp.is_some();
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    if deleting
+        && finalizers.iter().any(|f| f == FINALIZER)
+        && let (Some(name), Some(namespace)) = (&meta.name, &meta.namespace)
+    {
+        let api: Api<IngestionEndpoint> = Api::namespaced(ctx.client.clone(), namespace);
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}
+        });
+        api.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        ctx.metrics
+            .finalizers_released_without_cleanup
+            .get_or_create(&ReleaseLabels {
+                reason: ReleaseReason::Override,
+            })
+            .inc();
+        ctx.event(
+            &reference,
+            EventType::Warning,
+            "BrokerCleanupSkipped",
+            "Delete",
+            format!(
+                "the object could not be read ({}); its broker queues, if any, were left in place",
+                invalid.error
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    ctx.event(
+        &reference,
+        EventType::Warning,
+        "InvalidObject",
+        "Reconcile",
+        format!(
+            "the object does not match the IngestionEndpoint schema: {}",
+            invalid.error
+        ),
+    )
+    .await;
+    Err(Error::Malformed(invalid.error.clone()))
+}
+
+/// Server-side applies `obj` under the operator's field manager and returns the result.
+async fn apply_object<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?)
+}
+
+/// Deletes an object the spec no longer asks for, if this endpoint owns it.
+async fn remove_if_owned<K>(api: &Api<K>, name: &str, endpoint: &IngestionEndpoint) -> Result<()>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    if let Some(obj) = api.get_opt(name).await?
+        && builders::is_owned_by(obj.meta(), endpoint)
+    {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(
+    api: &Api<IngestionEndpoint>,
+    name: &str,
+    status: &IngestionEndpointStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": IngestionEndpoint::api_version(&()),
+        "kind": IngestionEndpoint::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The keys step's result.
+struct Keys {
+    check: Check,
+    secret_name: String,
+    current: Option<String>,
+    /// When a rotation or removal is next due.
+    next_change: Option<Duration>,
+    /// A transient problem to retry once the rest of the endpoint is applied.
+    retry: Option<Error>,
+}
+
+async fn minted_keys(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    policy: RotationPolicy,
+    now: Timestamp,
+    ctx: &Context,
+) -> Result<Keys> {
+    let names = Names::of(endpoint);
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = api.get_opt(&names.secret).await?;
+    if let Some(secret) = &existing
+        && !builders::is_owned_by(&secret.metadata, endpoint)
+    {
+        return Err(Error::Conflict {
+            kind: "Secret",
+            name: names.secret,
+        });
+    }
+    // Values that are not UTF-8 were not written by the operator; they are dropped.
+    let data: BTreeMap<String, String> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, v)| String::from_utf8(v.0.clone()).ok().map(|v| (id.clone(), v)))
+        .collect();
+    let served = existing.as_ref().and_then(|s| {
+        s.annotations()
+            .get(builders::ROTATION_SERVED_ANNOTATION)
+            .cloned()
+    });
+    let request = endpoint.annotations().get(ROTATE_ANNOTATION).cloned();
+    let plan = keys::plan(
+        &data,
+        served.as_deref(),
+        request.as_deref(),
+        policy,
+        now,
+        keys::mint_random,
+    )?;
+    apply_object(&api, &builders::key_secret(endpoint, tenant, &plan)?).await?;
+
+    let regarding = endpoint.object_ref(&());
+    if let Some((id, reason)) = &plan.minted {
+        let label = match reason {
+            MintReason::Initial => RotationReason::Initial,
+            MintReason::Schedule => RotationReason::Schedule,
+            MintReason::Requested => RotationReason::Requested,
+        };
+        ctx.metrics
+            .key_rotations
+            .get_or_create(&RotationLabels { reason: label })
+            .inc();
+        info!(key_id = %id, reason = reason.as_str(), "minted HMAC key");
+        let (event_reason, note) = match reason {
+            MintReason::Initial => ("KeyMinted", format!("minted HMAC key {id}")),
+            _ => (
+                "KeyRotated",
+                format!(
+                    "minted HMAC key {id} ({}); the previous key stays valid for the grace period",
+                    reason.as_str()
+                ),
+            ),
+        };
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            event_reason,
+            "RotateKey",
+            note,
+        )
+        .await;
+    }
+    for id in &plan.removed {
+        ctx.metrics.keys_removed.inc();
+        info!(key_id = %id, "removed HMAC key after its grace period");
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            "KeyRemoved",
+            "RotateKey",
+            format!("removed HMAC key {id}: its grace period is over"),
+        )
+        .await;
+    }
+    Ok(Keys {
+        check: Check::ok(
+            "KeysMinted",
+            format!(
+                "{} valid key(s) in Secret {}; sign with {}",
+                plan.keys.len(),
+                names.secret,
+                plan.current
+            ),
+        ),
+        secret_name: names.secret,
+        current: Some(plan.current),
+        next_change: Some(plan.next_change),
+        retry: None,
+    })
+}
+
+async fn referenced_keys(endpoint: &IngestionEndpoint, name: &str, ctx: &Context) -> Result<Keys> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let problem = |reason, message: String| Keys {
+        check: Check::failed(reason, message.clone()),
+        secret_name: name.to_owned(),
+        current: None,
+        next_change: None,
+        retry: Some(Error::UserSecret {
+            name: name.to_owned(),
+            message,
+        }),
+    };
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(problem(
+            "SecretNotFound",
+            format!("Secret {name} referenced by spec.hmac.secretRef does not exist"),
+        ));
+    };
+    let ids: Vec<&String> = secret
+        .data
+        .iter()
+        .flatten()
+        .filter(|(id, v)| keys::is_valid_key_id(id) && !v.0.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    let Some(current) = ids.iter().max() else {
+        return Ok(problem(
+            "NoKeys",
+            format!(
+                "Secret {name} has no usable key: each data entry must be a non-empty key named with letters, digits, '-', '_' or '.'"
+            ),
+        ));
+    };
+    Ok(Keys {
+        check: Check::ok(
+            "SecretFound",
+            format!("{} key(s) in referenced Secret {name}", ids.len()),
+        ),
+        secret_name: name.to_owned(),
+        current: Some((*current).clone()),
+        next_change: None,
+        retry: None,
+    })
+}
+
+#[instrument(skip_all, fields(namespace = endpoint.namespace().as_deref(), name = %endpoint.name_any()))]
+async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
+    let name = endpoint.name_any();
+    let namespace = endpoint
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let now = (ctx.clock)();
+    let generation = endpoint.metadata.generation;
+    let previous = endpoint.status.clone().unwrap_or_default();
+    let endpoints: Api<IngestionEndpoint> = Api::namespaced(ctx.client.clone(), &namespace);
+    let regarding = endpoint.object_ref(&());
+
+    // 1. Validate: a spec the schema should have refused is reported, not retried.
+    let config = match render::ingest_config(&endpoint.spec, &name) {
+        Ok(config) => config,
+        Err(e) => {
+            let message = e.to_string();
+            write_status(
+                &endpoints,
+                &name,
+                &status::invalid(&message, generation, &previous, now),
+            )
+            .await?;
+            ctx.event(
+                &regarding,
+                EventType::Warning,
+                "InvalidSpec",
+                "Reconcile",
+                message,
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+    let tenant = config.tenant.clone();
+
+    // 2. Keys.
+    let keys = match render::rotation_policy(&endpoint.spec.hmac)? {
+        Some(policy) => minted_keys(endpoint, &tenant, policy, now, ctx).await?,
+        None => {
+            let secret = endpoint
+                .spec
+                .hmac
+                .secret_ref
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            referenced_keys(endpoint, &secret, ctx).await?
+        }
+    };
+
+    // 3. Config and workload.
+    let (config_text, config_hash) = builders::config_json(&config)?;
+    let client = &ctx.client;
+    apply_object(
+        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        &builders::config_map(endpoint, &tenant, &config_text)?,
+    )
+    .await?;
+    let deployment = apply_object(
+        &Api::<Deployment>::namespaced(client.clone(), &namespace),
+        &builders::deployment(
+            endpoint,
+            &ctx.settings,
+            &tenant,
+            &config_hash,
+            &keys.secret_name,
+        )?,
+    )
+    .await?;
+    apply_object(
+        &Api::<Service>::namespaced(client.clone(), &namespace),
+        &builders::service(endpoint, &tenant)?,
+    )
+    .await?;
+    let workload = Names::of(endpoint).workload;
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
+    match builders::ingress(endpoint, &tenant)? {
+        Some(ingress) => {
+            apply_object(&ingresses, &ingress).await?;
+        }
+        None => remove_if_owned(&ingresses, &workload, endpoint).await?,
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
+    match builders::pod_disruption_budget(endpoint, &tenant)? {
+        Some(pdb) => {
+            apply_object(&pdbs, &pdb).await?;
+        }
+        None => remove_if_owned(&pdbs, &workload, endpoint).await?,
+    }
+
+    // 4. Broker topology.
+    let topology = &config.broker;
+    let mut retry = keys.retry;
+    let queue = match ctx.broker.declare(topology).await {
+        Ok(()) => {
+            ctx.metrics
+                .broker(BrokerOperation::Declare, BrokerOutcome::Ok);
+            debug!(queue = %topology.queue, "broker topology declared");
+            Check::ok(
+                "QueueDeclared",
+                format!(
+                    "queue {} bound to exchange {} with routing key {}",
+                    topology.queue, topology.exchange, topology.routing_key
+                ),
+            )
+        }
+        Err(e) => {
+            let outcome = match e {
+                BrokerError::Timeout(_) => BrokerOutcome::Timeout,
+                BrokerError::Failed(_) => BrokerOutcome::Error,
+            };
+            ctx.metrics.broker(BrokerOperation::Declare, outcome);
+            let message = format!("could not declare queue {}: {e}", topology.queue);
+            ctx.event(
+                &regarding,
+                EventType::Warning,
+                "BrokerUnavailable",
+                "DeclareQueue",
+                message.clone(),
+            )
+            .await;
+            retry.get_or_insert(Error::Broker(message.clone()));
+            Check::failed("BrokerUnavailable", message)
+        }
+    };
+
+    // 5. Status.
+    let (available, ready_replicas) =
+        status::availability(Some(&deployment), endpoint.spec.replicas);
+    let conditions = status::conditions(
+        &keys.check,
+        &queue,
+        &available,
+        generation,
+        &previous.conditions,
+        now,
+    );
+    let was_ready = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    let is_ready = conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    let new_status = IngestionEndpointStatus {
+        observed_generation: generation,
+        conditions,
+        tenant: Some(tenant),
+        url: Some(builders::url(endpoint)),
+        secret_name: Some(keys.secret_name),
+        current_key_id: keys.current,
+        queue: Some(topology.queue.clone()),
+        ready_replicas: Some(ready_replicas),
+    };
+    write_status(&endpoints, &name, &new_status).await?;
+    if is_ready && !was_ready {
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            "Ready",
+            "Reconcile",
+            "the endpoint accepts reports".to_owned(),
+        )
+        .await;
+    }
+
+    if let Some(error) = retry {
+        return Err(error);
+    }
+    let next = keys.next_change.map_or(ctx.resync, |d| d.min(ctx.resync));
+    Ok(Action::requeue(next))
+}
+
+#[instrument(skip_all, fields(namespace = endpoint.namespace().as_deref(), name = %endpoint.name_any()))]
+async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
+    let name = endpoint.name_any();
+    let tenant = render::tenant(&endpoint.spec, &name);
+    let topology = render::broker_topology(&endpoint.spec, tenant);
+    let regarding = endpoint.object_ref(&());
+    let queues = format!("{} and {}", topology.queue, topology.dead_letter_queue);
+
+    if endpoint.spec.queue.deletion_policy == DeletionPolicy::Retain {
+        info!(queue = %topology.queue, "keeping broker queues (deletionPolicy Retain)");
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            "QueueRetained",
+            "Delete",
+            format!("kept queues {queues} (deletionPolicy Retain)"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    if endpoint
+        .annotations()
+        .get(SKIP_BROKER_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        ctx.metrics
+            .finalizers_released_without_cleanup
+            .get_or_create(&ReleaseLabels {
+                reason: ReleaseReason::Override,
+            })
+            .inc();
+        warn!(queue = %topology.queue, "broker cleanup skipped by annotation");
+        ctx.event(
+            &regarding,
+            EventType::Warning,
+            "BrokerCleanupSkipped",
+            "Delete",
+            format!("{SKIP_BROKER_CLEANUP_ANNOTATION}=true: queues {queues} were not deleted and may remain on the broker"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+
+    match ctx.broker.delete(&topology).await {
+        Ok(()) => {
+            ctx.metrics
+                .broker(BrokerOperation::Delete, BrokerOutcome::Ok);
+            info!(queue = %topology.queue, "deleted broker queues");
+            ctx.event(
+                &regarding,
+                EventType::Normal,
+                "QueueDeleted",
+                "Delete",
+                format!("deleted queues {queues}"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let outcome = match e {
+                BrokerError::Timeout(_) => BrokerOutcome::Timeout,
+                BrokerError::Failed(_) => BrokerOutcome::Error,
+            };
+            ctx.metrics.broker(BrokerOperation::Delete, outcome);
+            let now = (ctx.clock)();
+            let since = endpoint
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(now);
+            let waited = Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO);
+            if waited >= ctx.cleanup_timeout {
+                ctx.metrics
+                    .finalizers_released_without_cleanup
+                    .get_or_create(&ReleaseLabels {
+                        reason: ReleaseReason::Timeout,
+                    })
+                    .inc();
+                warn!(queue = %topology.queue, error = %e, waited_s = waited.as_secs(), "giving up on broker cleanup");
+                ctx.event(
+                    &regarding,
+                    EventType::Warning,
+                    "BrokerCleanupAbandoned",
+                    "Delete",
+                    format!(
+                        "could not delete queues {queues} within {}s ({e}); released the finalizer, the queues may remain on the broker",
+                        ctx.cleanup_timeout.as_secs()
+                    ),
+                )
+                .await;
+                Ok(Action::await_change())
+            } else {
+                let left = ctx.cleanup_timeout.saturating_sub(waited);
+                ctx.event(
+                    &regarding,
+                    EventType::Warning,
+                    "BrokerCleanupFailed",
+                    "Delete",
+                    format!(
+                        "could not delete queues {queues} ({e}); retrying for another {}s, or set annotation {SKIP_BROKER_CLEANUP_ANNOTATION}=true to give up now",
+                        left.as_secs()
+                    ),
+                )
+                .await;
+                Err(Error::Broker(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The endpoint's status conditions, computed from what the reconcile observed.
+//!
+//! Pure: the reconcile gathers one [`Check`] per concern and this module turns them into
+//! `SecretReady`, `QueueReady`, `Available` and the summary `Ready`, keeping each
+//! condition's `lastTransitionTime` when its status did not change.
+
+use anchorpipe_crds::v1alpha1::IngestionEndpointStatus;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const SECRET_READY: &str = "SecretReady";
+pub const QUEUE_READY: &str = "QueueReady";
+pub const AVAILABLE: &str = "Available";
+pub const READY: &str = "Ready";
+
+/// The outcome of one concern: whether it holds, a PascalCase reason and a message for
+/// people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Check {
+    pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether the ingest pods serve: at least one ready pod of the current rollout.
+pub fn availability(deployment: Option<&Deployment>, desired: i32) -> (Check, i32) {
+    let Some(status) = deployment.and_then(|d| d.status.as_ref()) else {
+        return (
+            Check::failed(
+                "Pending",
+                "waiting for the ingest Deployment to report status",
+            ),
+            0,
+        );
+    };
+    let ready = status.ready_replicas.unwrap_or(0);
+    let available =
+        status.conditions.iter().flatten().any(|c| {
+            c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+        });
+    let check = if ready >= 1 && available {
+        let message = if ready < desired {
+            format!("{ready}/{desired} ingest pods ready")
+        } else {
+            format!("all {desired} ingest pods ready")
+        };
+        Check::ok("PodsReady", message)
+    } else {
+        Check::failed(
+            "PodsNotReady",
+            format!("{ready}/{desired} ingest pods ready; see the pods' events"),
+        )
+    };
+    (check, ready)
+}
+
+fn condition(
+    type_: &str,
+    check: &Check,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let status = if check.ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: check.reason.to_owned(),
+        message: check.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The four conditions. `Ready` is true when the other three are, otherwise it carries
+/// the first failing one's reason and message.
+pub fn conditions(
+    secret: &Check,
+    queue: &Check,
+    available: &Check,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Vec<Condition> {
+    let checks = [
+        (SECRET_READY, secret),
+        (QUEUE_READY, queue),
+        (AVAILABLE, available),
+    ];
+    let ready = match checks.iter().find(|(_, c)| !c.ok) {
+        None => Check::ok("Ready", "the endpoint accepts reports"),
+        Some((type_, c)) => Check::failed(c.reason, format!("{type_}: {}", c.message)),
+    };
+    let mut out: Vec<Condition> = checks
+        .iter()
+        .map(|(t, c)| condition(t, c, generation, previous, now))
+        .collect();
+    out.push(condition(READY, &ready, generation, previous, now));
+    out
+}
+
+/// Status for a spec the operator refuses: every condition false with the same reason,
+/// nothing else claimed.
+pub fn invalid(
+    message: &str,
+    generation: Option<i64>,
+    previous: &IngestionEndpointStatus,
+    now: Timestamp,
+) -> IngestionEndpointStatus {
+    let check = Check::failed("InvalidSpec", message);
+    IngestionEndpointStatus {
+        observed_generation: generation,
+        conditions: conditions(
+            &check,
+            &check,
+            &check,
+            generation,
+            &previous.conditions,
+            now,
+        ),
+        ..previous.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+
+    fn now() -> Timestamp {
+        "2026-05-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn deployment(ready: i32, available: bool) -> Deployment {
+        Deployment {
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(ready),
+                conditions: Some(vec![DeploymentCondition {
+                    type_: Some("Available".into()),
+                    status: Some(if available { "True" } else { "False" }.into()),
+                    ..DeploymentCondition::default()
+                }]),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn availability_table() {
+        let cases = [
+            (None, false, 0),
+            (Some(deployment(0, false)), false, 0),
+            (Some(deployment(1, true)), true, 1),
+            (Some(deployment(2, true)), true, 2),
+        ];
+        for (d, ok, ready) in cases {
+            let (check, n) = availability(d.as_ref(), 2);
+            assert_eq!((check.ok, n), (ok, ready), "{check:?}");
+        }
+    }
+
+    #[test]
+    fn ready_summarises_the_first_failure() {
+        let ok = Check::ok("Fine", "ok");
+        let down = Check::failed("BrokerUnavailable", "connection refused");
+        let all = conditions(&ok, &down, &ok, Some(3), &[], now());
+        let ready = all.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "BrokerUnavailable");
+        assert!(ready.message.starts_with("QueueReady:"));
+        assert!(all.iter().all(|c| c.observed_generation == Some(3)));
+        let all = conditions(&ok, &ok, &ok, Some(3), &[], now());
+        assert!(all.iter().all(|c| c.status == "True"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_change() {
+        let ok = Check::ok("Fine", "ok");
+        let first = conditions(&ok, &ok, &ok, Some(1), &[], now());
+        let later: Timestamp = "2026-05-01T13:00:00Z".parse().unwrap();
+        let same = conditions(&ok, &ok, &ok, Some(2), &first, later);
+        assert_eq!(same[0].last_transition_time, Time(now()));
+        let down = Check::failed("X", "y");
+        let changed = conditions(&down, &ok, &ok, Some(2), &first, later);
+        assert_eq!(changed[0].last_transition_time, Time(later));
+        assert_eq!(changed[1].last_transition_time, Time(now()));
+    }
+}

@@ -1,0 +1,931 @@
+//! The reconcile pipeline against an in-memory API server.
+//!
+//! The fake keeps objects by URL path and implements just enough of the API semantics
+//! the operator relies on: server-side apply (the operator is the only writer, so the
+//! applied object replaces the stored one, keeping server-set metadata and status),
+//! status subresource patches, JSON and merge patches (finalizers, events), deletion
+//! with finalizers, and 404s. The broker and the clock are fakes too, so each test can
+//! take down the broker or move time.
+
+// A test crate: its helpers panic on broken invariants by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anchorpipe_crds::BrokerTopology;
+use anchorpipe_crds::v1alpha1::IngestionEndpoint;
+use anchorpipe_operator::Error;
+use anchorpipe_operator::broker::{Broker, BrokerError};
+use anchorpipe_operator::builders::Settings;
+use anchorpipe_operator::metrics::Metrics;
+use anchorpipe_operator::reconcile::{Context, error_policy, reconcile};
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+const NS: &str = "tenants";
+const IE: &str = "/apis/anchorpipe.dev/v1alpha1/namespaces/tenants/ingestionendpoints/acme";
+const SECRET: &str = "/api/v1/namespaces/tenants/secrets/acme-hmac";
+const CONFIG_MAP: &str = "/api/v1/namespaces/tenants/configmaps/acme-ingest";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/tenants/deployments/acme-ingest";
+const SERVICE: &str = "/api/v1/namespaces/tenants/services/acme-ingest";
+const PDB: &str = "/apis/policy/v1/namespaces/tenants/poddisruptionbudgets/acme-ingest";
+const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/tenants/ingresses/acme-ingest";
+const REPO: &str = "7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61";
+const HOUR: Duration = Duration::from_secs(3600);
+
+// ---------------------------------------------------------------- fake API server
+
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    requests: Vec<(Method, String)>,
+    next_uid: u64,
+    resource_version: u64,
+    now: String,
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message, "metadata": {}})
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    if let Value::Object(p) = patch {
+        if !target.is_object() {
+            *target = json!({});
+        }
+        let t = target.as_object_mut().unwrap();
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    } else {
+        *target = patch.clone();
+    }
+}
+
+fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
+    for op in ops.as_array().ok_or("not a patch")? {
+        let path = op["path"].as_str().ok_or("no path")?;
+        let (parent, last) = path.rsplit_once('/').ok_or("bad path")?;
+        match op["op"].as_str() {
+            Some("test") => {
+                let current = doc.pointer(path).cloned().unwrap_or(Value::Null);
+                if current != op["value"] {
+                    return Err(format!("test failed at {path}"));
+                }
+            }
+            Some("add") | Some("replace") => {
+                let target = doc.pointer_mut(parent).ok_or("no parent")?;
+                match target {
+                    Value::Array(items) if last == "-" => items.push(op["value"].clone()),
+                    Value::Array(items) => {
+                        items.insert(last.parse().map_err(|_| "index")?, op["value"].clone())
+                    }
+                    Value::Object(map) => {
+                        map.insert(last.to_owned(), op["value"].clone());
+                    }
+                    _ => return Err("bad parent".into()),
+                }
+            }
+            Some("remove") => {
+                let target = doc.pointer_mut(parent).ok_or("no parent")?;
+                match target {
+                    Value::Array(items) => {
+                        items.remove(last.parse::<usize>().map_err(|_| "index")?);
+                    }
+                    Value::Object(map) => {
+                        map.remove(last);
+                    }
+                    _ => return Err("bad parent".into()),
+                }
+            }
+            other => return Err(format!("unsupported op {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    fn stamp_new(&mut self, obj: &mut Value, path: &str) {
+        self.next_uid += 1;
+        let meta = obj["metadata"].as_object_mut().unwrap();
+        meta.insert("uid".into(), json!(format!("uid-{}", self.next_uid)));
+        meta.insert("creationTimestamp".into(), json!(self.now.clone()));
+        meta.entry("generation").or_insert(json!(1));
+        let name = path.rsplit('/').next().unwrap();
+        meta.insert("name".into(), json!(name));
+    }
+
+    fn bump(&mut self, obj: &mut Value) {
+        self.resource_version += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+    }
+
+    /// Removes an object being deleted once its last finalizer is gone.
+    fn settle(&mut self, path: &str) {
+        let gone = self.objects.get(path).is_some_and(|o| {
+            o["metadata"].get("deletionTimestamp").is_some()
+                && o["metadata"]["finalizers"]
+                    .as_array()
+                    .is_none_or(|f| f.is_empty())
+        });
+        if gone {
+            self.objects.remove(path);
+        }
+    }
+
+    fn handle(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.requests.push((method.clone(), path.to_owned()));
+        let (path, subresource) = match path.strip_suffix("/status") {
+            Some(p) => (p.to_owned(), true),
+            None => (path.to_owned(), false),
+        };
+        let not_found = (
+            StatusCode::NOT_FOUND,
+            status_body(404, "NotFound", "not found"),
+        );
+        match method {
+            Method::GET => match self.objects.get(&path) {
+                Some(o) => (StatusCode::OK, o.clone()),
+                None => not_found,
+            },
+            Method::POST => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("generated")
+                    .to_owned();
+                let path = format!("{path}/{name}");
+                if self.objects.contains_key(&path) {
+                    return (
+                        StatusCode::CONFLICT,
+                        status_body(409, "AlreadyExists", "exists"),
+                    );
+                }
+                let mut obj = body;
+                self.stamp_new(&mut obj, &path);
+                self.bump(&mut obj);
+                self.objects.insert(path, obj.clone());
+                (StatusCode::CREATED, obj)
+            }
+            Method::PATCH if content_type.starts_with("application/apply-patch") => {
+                if subresource {
+                    let Some(obj) = self.objects.get_mut(&path) else {
+                        return not_found;
+                    };
+                    obj["status"] = body["status"].clone();
+                    let mut obj = obj.clone();
+                    self.bump(&mut obj);
+                    self.objects.insert(path, obj.clone());
+                    return (StatusCode::OK, obj);
+                }
+                let mut obj = body;
+                match self.objects.get(&path) {
+                    Some(old) => {
+                        for key in [
+                            "uid",
+                            "creationTimestamp",
+                            "generation",
+                            "finalizers",
+                            "deletionTimestamp",
+                        ] {
+                            if let Some(v) = old["metadata"].get(key) {
+                                obj["metadata"][key] = v.clone();
+                            }
+                        }
+                        if let Some(status) = old.get("status") {
+                            obj["status"] = status.clone();
+                        }
+                    }
+                    None => self.stamp_new(&mut obj, &path),
+                }
+                self.bump(&mut obj);
+                self.objects.insert(path, obj.clone());
+                (StatusCode::OK, obj)
+            }
+            Method::PATCH => {
+                let Some(mut obj) = self.objects.get(&path).cloned() else {
+                    return not_found;
+                };
+                if content_type.starts_with("application/json-patch") {
+                    if let Err(e) = json_patch(&mut obj, &body) {
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            status_body(422, "Invalid", &e),
+                        );
+                    }
+                } else {
+                    let expected = body["metadata"]["resourceVersion"].clone();
+                    if !expected.is_null() && expected != obj["metadata"]["resourceVersion"] {
+                        return (StatusCode::CONFLICT, status_body(409, "Conflict", "stale"));
+                    }
+                    let mut body = body;
+                    if let Some(m) = body["metadata"].as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                    merge(&mut obj, &body);
+                }
+                self.bump(&mut obj);
+                self.objects.insert(path.clone(), obj.clone());
+                self.settle(&path);
+                (StatusCode::OK, obj)
+            }
+            Method::DELETE => {
+                let Some(obj) = self.objects.get_mut(&path) else {
+                    return not_found;
+                };
+                if obj["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    obj["metadata"]["deletionTimestamp"] = json!(self.now.clone());
+                    let obj = obj.clone();
+                    return (StatusCode::OK, obj);
+                }
+                let obj = self.objects.remove(&path).unwrap();
+                (StatusCode::OK, obj)
+            }
+            _ => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                status_body(405, "MethodNotAllowed", "no"),
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fake broker
+
+#[derive(Default)]
+struct FakeBroker {
+    down: AtomicBool,
+    declared: Mutex<Vec<BrokerTopology>>,
+    deleted: Mutex<Vec<BrokerTopology>>,
+}
+
+impl Broker for FakeBroker {
+    fn declare<'a>(&'a self, t: &'a BrokerTopology) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BrokerError::Failed(
+                    "connecting to the broker: connection refused".into(),
+                ));
+            }
+            self.declared.lock().unwrap().push(t.clone());
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, t: &'a BrokerTopology) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BrokerError::Timeout(Duration::from_secs(10)));
+            }
+            self.deleted.lock().unwrap().push(t.clone());
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Harness {
+    store: Arc<Mutex<Store>>,
+    broker: Arc<FakeBroker>,
+    now: Arc<Mutex<Timestamp>>,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+}
+
+fn t0() -> Timestamp {
+    "2026-03-01T09:00:00Z".parse().unwrap()
+}
+
+impl Harness {
+    fn new() -> Self {
+        let store = Arc::new(Mutex::new(Store {
+            now: t0().to_string(),
+            ..Store::default()
+        }));
+        let service_store = store.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let store = service_store.clone();
+            async move {
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                let content_type = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                };
+                let (status, value) =
+                    store
+                        .lock()
+                        .unwrap()
+                        .handle(method, &path, &content_type, body);
+                let response = Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(serde_json::to_vec(&value).unwrap()))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let client = kube::Client::new(service, "default");
+        let broker = Arc::new(FakeBroker::default());
+        let now = Arc::new(Mutex::new(t0()));
+        let clock_now = now.clone();
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Context::new(
+            client,
+            Settings {
+                ingest_image: "anchorpipe-ingest:test".into(),
+                platform_secret: "anchorpipe-platform".into(),
+            },
+            broker.clone(),
+            metrics.clone(),
+            Arc::new(move || *clock_now.lock().unwrap()),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        ));
+        Self {
+            store,
+            broker,
+            now,
+            ctx,
+            metrics,
+        }
+    }
+
+    /// Creates or updates the endpoint, bumping the generation when the spec changes.
+    fn put(&self, spec: Value, annotations: Value) {
+        let mut store = self.store.lock().unwrap();
+        let existing = store.objects.get(IE).cloned();
+        let mut obj = match existing {
+            Some(mut old) => {
+                if old["spec"] != spec {
+                    let generation = old["metadata"]["generation"].as_i64().unwrap() + 1;
+                    old["metadata"]["generation"] = json!(generation);
+                }
+                old["spec"] = spec;
+                old["metadata"]["annotations"] = annotations;
+                old
+            }
+            None => {
+                let mut obj = json!({
+                    "apiVersion": "anchorpipe.dev/v1alpha1",
+                    "kind": "IngestionEndpoint",
+                    "metadata": {"name": "acme", "namespace": NS, "annotations": annotations},
+                    "spec": spec,
+                });
+                store.stamp_new(&mut obj, IE);
+                obj
+            }
+        };
+        store.bump(&mut obj);
+        store.objects.insert(IE.into(), obj);
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.store.lock().unwrap().objects.get(path).cloned()
+    }
+
+    fn guard(&self) -> Arc<DeserializeGuard<IngestionEndpoint>> {
+        let value = self.get(IE).expect("endpoint exists");
+        Arc::new(serde_json::from_value(value).unwrap())
+    }
+
+    async fn reconcile(&self) -> Result<Action, Error> {
+        let result = reconcile(self.guard(), self.ctx.clone()).await;
+        if let Err(e) = &result {
+            // What the controller would do next, so backoff state is exercised too.
+            let _ = error_policy(self.guard(), e, self.ctx.clone());
+        }
+        result
+    }
+
+    /// Reconciles as the controller would after a watch event: the first pass on a new
+    /// object only adds the finalizer.
+    async fn converge(&self) -> Result<Action, Error> {
+        let first = self.reconcile().await?;
+        let has_finalizer = self.get(IE).is_some_and(|o| {
+            o["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        });
+        if first == Action::await_change() && has_finalizer {
+            return self.reconcile().await;
+        }
+        Ok(first)
+    }
+
+    fn delete(&self) {
+        self.store
+            .lock()
+            .unwrap()
+            .handle(Method::DELETE, IE, "", Value::Null);
+    }
+
+    fn advance(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap();
+        *now = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(by).unwrap())
+            .unwrap();
+        self.store.lock().unwrap().now = now.to_string();
+    }
+
+    fn set_deployment_ready(&self, ready: i64) {
+        let mut store = self.store.lock().unwrap();
+        let d = store.objects.get_mut(DEPLOYMENT).unwrap();
+        d["status"] = json!({
+            "readyReplicas": ready,
+            "conditions": [{"type": "Available", "status": if ready > 0 { "True" } else { "False" }}]
+        });
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let obj = self.get(IE).unwrap();
+        let c = obj["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+            .clone();
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+        )
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|(p, _)| p.contains("/events/"))
+            .map(|(_, e)| e["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn key_ids(&self) -> Vec<String> {
+        let secret = self.get(SECRET).unwrap();
+        secret["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn template_hash(&self) -> String {
+        let d = self.get(DEPLOYMENT).unwrap();
+        d["spec"]["template"]["metadata"]["annotations"]["anchorpipe.dev/config-hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn config(&self) -> Value {
+        let cm = self.get(CONFIG_MAP).unwrap();
+        serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap()
+    }
+
+    fn requests(&self, method: Method, path: &str) -> usize {
+        self.store
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(m, p)| *m == method && p == path)
+            .count()
+    }
+}
+
+fn spec() -> Value {
+    json!({"repositories": [REPO]})
+}
+
+fn rotate(value: &str) -> Value {
+    json!({"anchorpipe.dev/rotate-key": value})
+}
+
+// ---------------------------------------------------------------- scenarios
+
+#[tokio::test]
+async fn create_builds_every_object_and_becomes_ready() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+
+    // First pass: only the finalizer.
+    assert_eq!(h.reconcile().await.unwrap(), Action::await_change());
+    assert_eq!(
+        h.get(IE).unwrap()["metadata"]["finalizers"],
+        json!(["anchorpipe.dev/broker-topology"])
+    );
+    assert!(h.get(SECRET).is_none());
+
+    h.reconcile().await.unwrap();
+    for path in [SECRET, CONFIG_MAP, DEPLOYMENT, SERVICE, PDB] {
+        let obj = h.get(path).unwrap_or_else(|| panic!("{path} missing"));
+        let owner = &obj["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "IngestionEndpoint", "{path}");
+        assert_eq!(owner["controller"], true, "{path}");
+        assert_eq!(
+            owner["uid"],
+            h.get(IE).unwrap()["metadata"]["uid"],
+            "{path}"
+        );
+    }
+    assert!(h.get(INGRESS).is_none());
+    assert_eq!(h.key_ids().len(), 1);
+    assert_eq!(h.config()["tenant"], "acme");
+    assert_eq!(
+        h.config()["rateLimit"]["perEndpoint"]["requestsPerMinute"],
+        300
+    );
+    assert_eq!(
+        h.broker.declared.lock().unwrap()[0].queue,
+        "anchorpipe.acme.reports"
+    );
+
+    // Pods not ready yet: everything but Available.
+    assert_eq!(h.condition("SecretReady").0, "True");
+    assert_eq!(h.condition("QueueReady").0, "True");
+    assert_eq!(h.condition("Available"), ("False".into(), "Pending".into()));
+    assert_eq!(h.condition("Ready").0, "False");
+
+    h.set_deployment_ready(2);
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(h.condition("Ready"), ("True".into(), "Ready".into()));
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        status["url"],
+        "http://acme-ingest.tenants.svc/api/ingestion"
+    );
+    assert_eq!(status["secretName"], "acme-hmac");
+    assert_eq!(status["currentKeyId"], json!(h.key_ids()[0]));
+    assert_eq!(status["queue"], "anchorpipe.acme.reports");
+    assert_eq!(status["readyReplicas"], 2);
+    assert_eq!(status["tenant"], "acme");
+    let events = h.event_reasons();
+    assert!(events.contains(&"KeyMinted".to_owned()), "{events:?}");
+    assert!(events.contains(&"Ready".to_owned()), "{events:?}");
+    // Written with server-side apply only: PATCHes to the objects, no create or replace.
+    for path in [SECRET, CONFIG_MAP, DEPLOYMENT, SERVICE, PDB] {
+        assert!(h.requests(Method::PATCH, path) >= 1, "{path}");
+        assert_eq!(h.requests(Method::PUT, path), 0, "{path}");
+    }
+    let posts = h
+        .store
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|(m, p)| *m == Method::POST && !p.ends_with("/events"))
+        .count();
+    assert_eq!(posts, 0);
+}
+
+#[tokio::test]
+async fn spec_update_rolls_pods_but_rotation_does_not() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    let hash0 = h.template_hash();
+    let key0 = h.key_ids();
+
+    // More replicas: each pod's share shrinks, so the config and the pods change.
+    let mut more = spec();
+    more["replicas"] = 4.into();
+    more["ingress"] = json!({"host": "reports.example.com", "tlsSecretName": "reports-tls"});
+    h.put(more.clone(), json!({}));
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.config()["rateLimit"]["perEndpoint"]["requestsPerMinute"],
+        150
+    );
+    let hash1 = h.template_hash();
+    assert_ne!(hash0, hash1);
+    assert_eq!(h.get(DEPLOYMENT).unwrap()["spec"]["replicas"], 4);
+    assert_eq!(h.get(IE).unwrap()["status"]["observedGeneration"], 2);
+    assert_eq!(
+        h.get(IE).unwrap()["status"]["url"],
+        "https://reports.example.com/api/ingestion"
+    );
+    assert!(h.get(INGRESS).is_some());
+    assert_eq!(h.key_ids(), key0, "a spec change mints no key");
+
+    // On-demand rotation: a second key, same pod template.
+    h.put(more.clone(), rotate("2026-03-01"));
+    h.reconcile().await.unwrap();
+    let keys = h.key_ids();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], key0[0]);
+    assert_eq!(h.template_hash(), hash1, "rotation must not roll the pods");
+    assert_eq!(h.get(IE).unwrap()["status"]["currentKeyId"], json!(keys[1]));
+    assert!(h.event_reasons().contains(&"KeyRotated".to_owned()));
+
+    // Back to one replica without an Ingress: PDB and Ingress are removed.
+    let mut one = spec();
+    one["replicas"] = 1.into();
+    h.put(one, rotate("2026-03-01"));
+    h.reconcile().await.unwrap();
+    assert!(h.get(PDB).is_none());
+    assert!(h.get(INGRESS).is_none());
+    assert_eq!(
+        h.key_ids().len(),
+        2,
+        "the same request value does not rotate again"
+    );
+}
+
+#[tokio::test]
+async fn scheduled_rotation_keeps_the_old_key_for_the_grace_period() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["hmac"] = json!({"rotationPeriod": "10h", "gracePeriod": "2h"});
+    h.put(s, json!({}));
+    let action = h.converge().await.unwrap();
+    // The next due event (rotation in 10h) is later than the resync.
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let first = h.key_ids();
+    let first_value = h.get(SECRET).unwrap()["data"][&first[0]].clone();
+
+    h.advance(9 * HOUR);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.key_ids(), first);
+
+    h.advance(HOUR);
+    h.reconcile().await.unwrap();
+    let both = h.key_ids();
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], first[0]);
+    assert_eq!(
+        h.get(SECRET).unwrap()["data"][&first[0]],
+        first_value,
+        "never overwritten"
+    );
+
+    h.advance(2 * HOUR);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.key_ids(), vec![both[1].clone()]);
+    assert_eq!(h.get(IE).unwrap()["status"]["currentKeyId"], json!(both[1]));
+    assert!(h.event_reasons().contains(&"KeyRemoved".to_owned()));
+    let text = h.metrics.encode().unwrap();
+    assert!(
+        text.contains("anchorpipe_operator_keys_removed_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn deletion_removes_queues_then_the_finalizer() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["queue"] = json!({"deletionPolicy": "Delete"});
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+
+    h.delete();
+    assert!(h.get(IE).unwrap()["metadata"]["deletionTimestamp"].is_string());
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.broker.deleted.lock().unwrap()[0].queue,
+        "anchorpipe.acme.reports"
+    );
+    assert!(h.get(IE).is_none(), "finalizer released, object gone");
+    assert!(h.event_reasons().contains(&"QueueDeleted".to_owned()));
+}
+
+#[tokio::test]
+async fn deletion_with_retain_keeps_queues() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.broker.deleted.lock().unwrap().is_empty());
+    assert!(h.get(IE).is_none());
+    assert!(h.event_reasons().contains(&"QueueRetained".to_owned()));
+}
+
+#[tokio::test]
+async fn broker_down_is_reported_and_retried_with_backoff() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.reconcile().await.unwrap();
+    h.broker.down.store(true, Ordering::SeqCst);
+
+    let err = h.reconcile().await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    // Everything Kubernetes-side is in place anyway, and the status says what is wrong.
+    assert!(h.get(DEPLOYMENT).is_some());
+    assert_eq!(
+        h.condition("QueueReady"),
+        ("False".into(), "BrokerUnavailable".into())
+    );
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "BrokerUnavailable".into())
+    );
+    assert!(h.event_reasons().contains(&"BrokerUnavailable".to_owned()));
+
+    // Consecutive failures back off exponentially (the harness already recorded one).
+    let guard = h.guard();
+    assert_eq!(
+        error_policy(guard.clone(), &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(
+        error_policy(guard.clone(), &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(20))
+    );
+
+    // The broker comes back: ready again, and the backoff starts over.
+    h.broker.down.store(false, Ordering::SeqCst);
+    h.set_deployment_ready(1);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("Ready").0, "True");
+    assert_eq!(
+        error_policy(guard, &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_broker_down_is_bounded() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["queue"] = json!({"deletionPolicy": "Delete"});
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+    h.broker.down.store(true, Ordering::SeqCst);
+    h.delete();
+
+    let err = h.reconcile().await.unwrap_err();
+    assert!(!err.is_permanent());
+    assert!(
+        h.get(IE).is_some(),
+        "finalizer kept while within the deadline"
+    );
+    assert!(
+        h.event_reasons()
+            .contains(&"BrokerCleanupFailed".to_owned())
+    );
+
+    h.advance(Duration::from_secs(301));
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none(), "finalizer released after the deadline");
+    assert!(
+        h.event_reasons()
+            .contains(&"BrokerCleanupAbandoned".to_owned())
+    );
+    let text = h.metrics.encode().unwrap();
+    assert!(
+        text.contains("finalizers_released_without_cleanup_total{reason=\"Timeout\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn skip_annotation_releases_the_finalizer_at_once() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["queue"] = json!({"deletionPolicy": "Delete"});
+    h.put(s.clone(), json!({}));
+    h.converge().await.unwrap();
+    h.broker.down.store(true, Ordering::SeqCst);
+    h.put(s, json!({"anchorpipe.dev/skip-broker-cleanup": "true"}));
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+    assert!(
+        h.event_reasons()
+            .contains(&"BrokerCleanupSkipped".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn invalid_spec_waits_for_a_change() {
+    let h = Harness::new();
+    // Got past the API server somehow (e.g. stored before the CEL rule existed).
+    let mut s = spec();
+    s["hmac"] = json!({"rotationPeriod": "2h", "gracePeriod": "3h"});
+    h.put(s, json!({}));
+    h.reconcile().await.unwrap();
+    let err = h.reconcile().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        error_policy(h.guard(), &err, h.ctx.clone()),
+        Action::await_change()
+    );
+    assert_eq!(h.condition("Ready"), ("False".into(), "InvalidSpec".into()));
+    let message = h.get(IE).unwrap()["status"]["conditions"][3]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("gracePeriod"), "{message}");
+    assert!(
+        h.get(DEPLOYMENT).is_none(),
+        "nothing built from an invalid spec"
+    );
+    assert!(h.event_reasons().contains(&"InvalidSpec".to_owned()));
+}
+
+#[tokio::test]
+async fn malformed_object_is_reported_and_cannot_block_deletion() {
+    let h = Harness::new();
+    h.put(
+        json!({"repositories": [REPO], "replicas": "lots"}),
+        json!({}),
+    );
+    let err = h.reconcile().await.unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err}");
+    assert!(err.is_permanent());
+    assert!(h.event_reasons().contains(&"InvalidObject".to_owned()));
+
+    // It carried our finalizer from an earlier, valid life; deleting it must not hang.
+    {
+        let mut store = h.store.lock().unwrap();
+        let obj = store.objects.get_mut(IE).unwrap();
+        obj["metadata"]["finalizers"] = json!(["anchorpipe.dev/broker-topology"]);
+    }
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+}
+
+#[tokio::test]
+async fn foreign_secret_is_never_taken_over() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.store.lock().unwrap().objects.insert(
+        SECRET.into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-hmac", "namespace": NS}, "data": {"k20260101-000000-aaaaaa": "c2VjcmV0"}}),
+    );
+    let err = h.converge().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        h.get(SECRET).unwrap()["data"],
+        json!({"k20260101-000000-aaaaaa": "c2VjcmV0"})
+    );
+    assert_eq!(h.requests(Method::PATCH, SECRET), 0);
+}
+
+#[tokio::test]
+async fn referenced_secret_is_mounted_and_checked() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["hmac"] = json!({"secretRef": {"name": "my-keys"}});
+    h.put(s, json!({}));
+    let err = h.converge().await.unwrap_err();
+    assert!(!err.is_permanent(), "the user may still create it: {err}");
+    assert_eq!(
+        h.condition("SecretReady"),
+        ("False".into(), "SecretNotFound".into())
+    );
+    assert!(h.get(SECRET).is_none(), "nothing minted");
+    let d = h.get(DEPLOYMENT).unwrap();
+    let volumes = d["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let keys = volumes.iter().find(|v| v["name"] == "keys").unwrap();
+    assert_eq!(keys["secret"]["secretName"], "my-keys");
+
+    h.store.lock().unwrap().objects.insert(
+        "/api/v1/namespaces/tenants/secrets/my-keys".into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-keys", "namespace": NS}, "data": {"2026-01": "YQ==", "2026-02": "Yg=="}}),
+    );
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.condition("SecretReady"),
+        ("True".into(), "SecretFound".into())
+    );
+    assert_eq!(h.get(IE).unwrap()["status"]["currentKeyId"], "2026-02");
+}
