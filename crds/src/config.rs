@@ -255,7 +255,10 @@ pub enum ConfigError {
     #[error("config is not valid JSON for the expected shape at `{path}`: {message}")]
     Parse { path: String, message: String },
     #[error("config field `{field}` is invalid: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl IngestConfig {
@@ -312,7 +315,10 @@ impl IngestConfig {
             ("broker.exchange", &self.broker.exchange),
             ("broker.routingKey", &self.broker.routing_key),
             ("broker.queue", &self.broker.queue),
-            ("broker.deadLetterExchange", &self.broker.dead_letter_exchange),
+            (
+                "broker.deadLetterExchange",
+                &self.broker.dead_letter_exchange,
+            ),
             ("broker.deadLetterQueue", &self.broker.dead_letter_queue),
         ] {
             // AMQP 0-9-1 short strings are at most 255 bytes; empty names mean the default
@@ -400,7 +406,9 @@ mod tests {
     fn semantic_errors_name_the_field() {
         let cases: [(&str, fn(&mut serde_json::Value)); 5] = [
             ("tenant", |v| v["tenant"] = " ".into()),
-            ("repositories", |v| v["repositories"] = serde_json::json!([])),
+            ("repositories", |v| {
+                v["repositories"] = serde_json::json!([])
+            }),
             ("rateLimit.perEndpoint", |v| {
                 v["rateLimit"]["perEndpoint"]["burst"] = 0.into()
             }),

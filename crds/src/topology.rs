@@ -65,10 +65,7 @@ pub fn queue_arguments(topology: &BrokerTopology) -> FieldTable {
         AMQPValue::LongString(LongString::from(topology.routing_key.as_str())),
     );
     if let Some(ttl) = topology.message_ttl_ms {
-        args.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongUInt(ttl),
-        );
+        args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongUInt(ttl));
     }
     args
 }

@@ -1,0 +1,592 @@
+//! The HTTP surface: `POST /api/ingestion` (contract 1), health, readiness and metrics.
+//!
+//! The ingestion handler does its work in an order that keeps unauthenticated traffic
+//! cheap: size check from `Content-Length` → header checks (bearer repository,
+//! signature headers, webhook timestamp) → body read under the size limit and the
+//! pod-wide in-flight byte budget → MAC verification → rate limit → backlog check →
+//! JSON parse and schema validation → one storing transaction.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::audit::Aggregator;
+use crate::keys::KeyStore;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::ratelimit::{Decision, RateLimiter};
+use crate::report::{Detail, ReportValidator};
+use crate::signature::{self, AuthFailure};
+use crate::store::{self, NewReport, RequestMeta, Stored};
+use anchorpipe_crds::config::IngestConfig;
+
+/// Bodies are accounted in KiB units against the in-flight budget.
+const BUDGET_UNIT: u64 = 1024;
+
+/// How long a request may wait for its share of the in-flight byte budget before it is
+/// answered 503; long enough to ride out a burst, short enough not to hold CI jobs.
+const BUDGET_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest time allowed for receiving a body: 50 MiB at a slow 512 KiB/s CI uplink.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// Bodies above this are verified and parsed on the blocking pool, so a 50 MiB report
+/// does not stall the async workers serving small ones.
+const BLOCKING_THRESHOLD: usize = 256 * 1024;
+
+/// How long readiness waits for the database.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Request ids are echoed from clients; longer ones are cut before they are stored.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// State the relay shares with the HTTP side: broker health and outbox backlog.
+#[derive(Debug, Default)]
+pub struct DeliveryHealth {
+    /// False until the relay reports; true when it has no broker configured to wait on.
+    pub broker_ready: AtomicBool,
+    /// Whether a relay runs in this process at all (readiness ignores the broker if not).
+    pub relay_enabled: AtomicBool,
+    pub backlog_rows: AtomicU64,
+    pub oldest_age_secs: AtomicU64,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub config: Arc<IngestConfig>,
+    pub keys: KeyStore,
+    pub limiter: RateLimiter,
+    pub validator: ReportValidator,
+    pub pool: PgPool,
+    pub audit: Arc<Aggregator>,
+    pub metrics: Arc<Metrics>,
+    pub delivery: Arc<DeliveryHealth>,
+    body_budget: Arc<Semaphore>,
+    /// Benchmark-only: answer 200 right after the signature verified. Never on by default.
+    pub verify_only: bool,
+}
+
+impl AppState {
+    pub fn new(
+        config: IngestConfig,
+        keys: KeyStore,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+        delivery: Arc<DeliveryHealth>,
+    ) -> Result<Self, crate::report::SchemaError> {
+        let budget_units = (config.limits.max_in_flight_bytes / BUDGET_UNIT)
+            .min(Semaphore::MAX_PERMITS as u64) as usize;
+        Ok(Self {
+            limiter: RateLimiter::new(&config.rate_limit),
+            validator: ReportValidator::new(config.limits.max_tests)?,
+            config: Arc::new(config),
+            keys,
+            pool,
+            audit: Arc::new(Aggregator::default()),
+            metrics,
+            delivery,
+            body_budget: Arc::new(Semaphore::new(budget_units)),
+            verify_only: false,
+        })
+    }
+}
+
+/// The router. Separate from serving so tests can drive it with `oneshot`.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/ingestion", post(ingest))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked").into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
+}
+
+/// A refused request. Client errors carry their message; server-side failures are
+/// logged where they happen and answered generically.
+#[derive(Debug)]
+pub enum ApiError {
+    PayloadTooLarge(u64),
+    BodyTimeout,
+    BodyUnreadable,
+    Unauthorized(AuthFailure),
+    RateLimited(Decision),
+    InvalidJson,
+    InvalidPayload(Vec<Detail>),
+    RepositoryMismatch,
+    /// Cannot take the report right now (database, memory budget, backlog); retry.
+    Unavailable {
+        message: &'static str,
+        retry_after_secs: u64,
+    },
+    Internal(&'static str),
+}
+
+impl ApiError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::BodyTimeout | ApiError::BodyUnreadable => "body_error",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::InvalidJson | ApiError::InvalidPayload(_) => "invalid",
+            ApiError::RepositoryMismatch => "forbidden",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("Payload too large. Maximum size is {limit} bytes.")}),
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "Request body was not received in time"}),
+            ),
+            ApiError::BodyUnreadable => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Request body could not be read"}),
+            ),
+            ApiError::Unauthorized(failure) => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": failure.to_string()}),
+            ),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {
+                    "code": "RATE_LIMIT_EXCEEDED",
+                    "message": "Too many requests. Please try again later."
+                }}),
+            ),
+            ApiError::InvalidJson => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Invalid JSON payload"}),
+            ),
+            ApiError::InvalidPayload(details) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Invalid payload", "details": details}),
+            ),
+            ApiError::RepositoryMismatch => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "Repository ID mismatch"}),
+            ),
+            ApiError::Unavailable { message, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({"error": message}))
+            }
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "Internal error"}),
+            ),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        match &self {
+            ApiError::RateLimited(decision) => {
+                rate_limit_headers(response.headers_mut(), decision);
+                insert_number(
+                    response.headers_mut(),
+                    header::RETRY_AFTER,
+                    decision.retry_after_secs,
+                );
+            }
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => insert_number(
+                response.headers_mut(),
+                header::RETRY_AFTER,
+                *retry_after_secs,
+            ),
+            _ => {}
+        }
+        response
+    }
+}
+
+fn insert_number(headers: &mut HeaderMap, name: HeaderName, value: u64) {
+    headers.insert(name, HeaderValue::from(value));
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
+    insert_number(
+        headers,
+        HeaderName::from_static("x-ratelimit-limit"),
+        u64::from(decision.limit),
+    );
+    insert_number(
+        headers,
+        HeaderName::from_static("x-ratelimit-remaining"),
+        u64::from(decision.remaining),
+    );
+    insert_number(
+        headers,
+        HeaderName::from_static("x-ratelimit-reset"),
+        decision.reset_unix,
+    );
+}
+
+fn request_meta(parts: &axum::http::request::Parts) -> RequestMeta {
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let request_id = text("x-request-id")
+        .map(|id| id.chars().take(MAX_REQUEST_ID_LEN).collect())
+        .unwrap_or_default();
+    // Behind an Ingress the peer is the proxy; the client is the first forwarded hop.
+    // Recorded as given: it is evidence for people, not an input to any decision.
+    let forwarded = text("x-forwarded-for").and_then(|v| {
+        v.split(',')
+            .next()
+            .map(|s| s.trim().chars().take(64).collect())
+    });
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    RequestMeta {
+        request_id,
+        source_ip: forwarded.or(peer),
+        user_agent: text("user-agent").map(|ua| ua.chars().take(512).collect()),
+        traceparent: text("traceparent").filter(|t| t.len() <= 55),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+async fn ingest(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let meta = request_meta(&parts);
+    let result = handle(&state, &parts.headers, body, &meta).await;
+    let (outcome, response) = match result {
+        Ok((stored, decision)) => {
+            let outcome = match stored {
+                Some(Stored::Accepted { .. }) => "accepted",
+                Some(Stored::Duplicate { .. }) => "duplicate",
+                None => "verified",
+            };
+            let body = stored.map_or_else(
+                || json!({"message": "Signature verified"}),
+                |s| s.response().clone(),
+            );
+            let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+            rate_limit_headers(response.headers_mut(), &decision);
+            (outcome, response)
+        }
+        Err(error) => (error.outcome(), error.into_response()),
+    };
+    let elapsed = started.elapsed();
+    state.metrics.observe(outcome, elapsed.as_secs_f64());
+    tracing::info!(
+        tenant = %state.config.tenant,
+        request_id = %meta.request_id,
+        outcome,
+        status = response.status().as_u16(),
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+        "ingestion request"
+    );
+    response
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The whole pipeline for one report. `Ok(None)` only in verify-only benchmark mode.
+async fn handle(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    meta: &RequestMeta,
+) -> Result<(Option<Stored>, Decision), ApiError> {
+    let config = &state.config;
+    let limit = config.limits.max_body_bytes;
+    let declared = content_length(headers);
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+
+    let keys = state.keys.current();
+    let claim = signature::precheck(headers, config, &keys, unix_now())
+        .map_err(|failure| auth_failed(state, failure, None, meta))?;
+
+    let (bytes, _permit) = read_body(body, limit, declared, &state.body_budget).await?;
+
+    let blocking = bytes.len() > BLOCKING_THRESHOLD;
+    let verified = {
+        let (claim, keys, bytes) = (claim.clone(), Arc::clone(&keys), bytes.clone());
+        let verify = move || signature::verify(&claim, &keys, &bytes).map(str::to_owned);
+        if blocking {
+            tokio::task::spawn_blocking(verify)
+                .await
+                .map_err(|_| ApiError::Internal("verification task failed"))?
+        } else {
+            verify()
+        }
+    };
+    let key_id =
+        verified.map_err(|failure| auth_failed(state, failure, Some(claim.repo_id), meta))?;
+    tracing::debug!(request_id = %meta.request_id, key_id, scheme = claim.scheme.name(), "signature verified");
+
+    let decision = state.limiter.check(claim.repo_id);
+    if !decision.allowed {
+        state.audit.record(
+            "rate_limited",
+            "rate_limit_exceeded",
+            Some(claim.repo_id),
+            meta.source_ip.as_deref(),
+            &meta.request_id,
+            meta.user_agent.as_deref(),
+        );
+        return Err(ApiError::RateLimited(decision));
+    }
+    if state.verify_only {
+        return Ok((None, decision));
+    }
+    check_backlog(state)?;
+
+    let parsed = {
+        let state = Arc::clone(state);
+        let bytes = bytes.clone();
+        let parse = move || parse_and_validate(&state.validator, &bytes);
+        if blocking {
+            tokio::task::spawn_blocking(parse)
+                .await
+                .map_err(|_| ApiError::Internal("validation task failed"))?
+        } else {
+            parse()
+        }
+    };
+    let (header, test_count) = match parsed {
+        Ok(ok) => ok,
+        Err(error) => {
+            let reason = match &error {
+                ApiError::InvalidJson => "invalid_json",
+                _ => "invalid_payload",
+            };
+            audit_rejected(state, claim.repo_id, reason, meta).await;
+            return Err(error);
+        }
+    };
+    if header.repo_id != claim.repo_id {
+        audit_rejected(state, claim.repo_id, "repository_mismatch", meta).await;
+        return Err(ApiError::RepositoryMismatch);
+    }
+
+    // The body parsed as JSON, so it is UTF-8.
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::InvalidJson)?;
+    let report = NewReport {
+        tenant: &config.tenant,
+        header: &header,
+        test_count,
+        body: text,
+        topology: &config.broker,
+    };
+    let stored = store::store_report(&state.pool, &report, meta)
+        .await
+        .map_err(|error| {
+            tracing::error!(request_id = %meta.request_id, %error, "could not store report");
+            ApiError::Unavailable {
+                message: "Report could not be stored; retry later",
+                retry_after_secs: 5,
+            }
+        })?;
+    Ok((Some(stored), decision))
+}
+
+fn parse_and_validate(
+    validator: &ReportValidator,
+    bytes: &[u8],
+) -> Result<(crate::report::ReportHeader, usize), ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| ApiError::InvalidJson)?;
+    validator.validate(&value).map_err(ApiError::InvalidPayload)
+}
+
+fn auth_failed(
+    state: &AppState,
+    failure: AuthFailure,
+    repo_id: Option<uuid::Uuid>,
+    meta: &RequestMeta,
+) -> ApiError {
+    let reason = failure.reason();
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+    state.audit.record(
+        "auth_failed",
+        reason,
+        repo_id,
+        meta.source_ip.as_deref(),
+        &meta.request_id,
+        meta.user_agent.as_deref(),
+    );
+    ApiError::Unauthorized(failure)
+}
+
+async fn audit_rejected(state: &AppState, repo_id: uuid::Uuid, reason: &str, meta: &RequestMeta) {
+    if let Err(error) =
+        store::audit_rejected(&state.pool, &state.config.tenant, repo_id, reason, meta).await
+    {
+        tracing::warn!(request_id = %meta.request_id, %error, "could not audit a rejected report");
+    }
+}
+
+fn check_backlog(state: &AppState) -> Result<(), ApiError> {
+    let limits = &state.config.outbox;
+    let rows = state.delivery.backlog_rows.load(Ordering::Relaxed);
+    let age = state.delivery.oldest_age_secs.load(Ordering::Relaxed);
+    if rows >= limits.max_backlog_rows || age >= limits.max_backlog_age_seconds {
+        tracing::warn!(
+            rows,
+            age,
+            "outbox backlog over its cap; refusing new reports"
+        );
+        return Err(ApiError::Unavailable {
+            message: "Delivery backlog is full; retry later",
+            retry_after_secs: 30,
+        });
+    }
+    Ok(())
+}
+
+fn budget_units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
+}
+
+/// Reads the body without ever holding more than `limit` bytes of it, and only with
+/// permits from the pod-wide in-flight budget. Returns the bytes and the permit, which
+/// the caller holds until it is done with them.
+async fn read_body(
+    body: Body,
+    limit: u64,
+    declared: Option<u64>,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
+    let busy = ApiError::Unavailable {
+        message: "Too many reports in flight; retry later",
+        retry_after_secs: 5,
+    };
+    let acquire = |units: u32| {
+        let budget = Arc::clone(budget);
+        async move {
+            tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(units))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    let mut permit = acquire(budget_units(declared.unwrap_or(0)))
+        .await
+        .ok_or(busy)?;
+    let mut held: u64 = u64::from(budget_units(declared.unwrap_or(0))) * BUDGET_UNIT;
+    let capacity = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
+    let mut buffer = BytesMut::with_capacity(capacity);
+
+    let read = async {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::BodyUnreadable)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let total = buffer.len() as u64 + data.len() as u64;
+            if total > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            if total > held {
+                let more = budget_units(total - held);
+                let extra = acquire(more).await.ok_or(ApiError::Unavailable {
+                    message: "Too many reports in flight; retry later",
+                    retry_after_secs: 5,
+                })?;
+                permit.merge(extra);
+                held += u64::from(more) * BUDGET_UNIT;
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout)??;
+    Ok((buffer.freeze(), permit))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let db = tokio::time::timeout(
+        READY_DB_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .map(|r| r.is_ok())
+    .unwrap_or(false);
+    let relay = state.delivery.relay_enabled.load(Ordering::Relaxed);
+    let broker = !relay || state.delivery.broker_ready.load(Ordering::Relaxed);
+    let keys = !state.keys.current().is_empty();
+    let ready = db && broker && keys;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "database": db,
+        "broker": if relay { json!(broker) } else { json!("not configured") },
+        "keys": keys,
+        "outboxBacklog": state.delivery.backlog_rows.load(Ordering::Relaxed),
+        "outboxOldestAgeSeconds": state.delivery.oldest_age_secs.load(Ordering::Relaxed),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,217 @@
+//! Durable storage of an accepted report: one PostgreSQL transaction writes the
+//! ingestion, its audit row and its outbox row, so after commit the report is safe
+//! whatever happens to the broker or the pod, and before commit nothing of it exists.
+//!
+//! Duplicates are found by the unique constraint on `(repo_id, commit_sha, run_id,
+//! framework)` through `INSERT … ON CONFLICT DO NOTHING`: of N concurrent identical
+//! reports exactly one inserts, the others wait for its commit, see the conflict, and
+//! replay its stored response.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::report::ReportHeader;
+use anchorpipe_crds::config::BrokerTopology;
+
+/// Who sent a request, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// The result of storing a report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Newly stored; the response to send.
+    Accepted { ingestion_id: Uuid, response: Value },
+    /// Already stored earlier; the original response with `isDuplicate: true`.
+    Duplicate { ingestion_id: Uuid, response: Value },
+}
+
+impl Stored {
+    pub fn response(&self) -> &Value {
+        match self {
+            Stored::Accepted { response, .. } | Stored::Duplicate { response, .. } => response,
+        }
+    }
+}
+
+/// A report ready to be stored.
+pub struct NewReport<'a> {
+    pub tenant: &'a str,
+    pub header: &'a ReportHeader,
+    pub test_count: usize,
+    /// The raw, already validated JSON body; stored as sent (as `jsonb`).
+    pub body: &'a str,
+    pub topology: &'a BrokerTopology,
+}
+
+/// The existing anchorpipe event, plus the ingestion id consumers dedupe and look up by.
+pub fn event_message(
+    ingestion_id: Uuid,
+    header: &ReportHeader,
+    test_count: usize,
+    timestamp: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    json!({
+        "type": "test.run.received",
+        "timestamp": timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "ingestionId": ingestion_id,
+        "payload": {
+            "ingestionId": ingestion_id,
+            "repoId": header.repo_id,
+            "commitSha": header.commit_sha,
+            "runId": header.run_id,
+            "framework": header.framework,
+            "testCount": test_count,
+            "branch": header.branch,
+            "pullRequest": header.pull_request,
+            "environment": header.environment,
+            "metadata": header.metadata,
+        }
+    })
+}
+
+/// Stores `report` exactly once; see the module docs.
+pub async fn store_report(
+    pool: &PgPool,
+    report: &NewReport<'_>,
+    meta: &RequestMeta,
+) -> Result<Stored, sqlx::Error> {
+    let header = report.header;
+    let ingestion_id = Uuid::now_v7();
+    let response = json!({
+        "runId": ingestion_id,
+        "message": "Test report received",
+        "summary": { "tests_parsed": report.test_count, "flaky_candidates": 0 },
+    });
+    let test_count = i32::try_from(report.test_count).unwrap_or(i32::MAX);
+
+    let mut tx = pool.begin().await?;
+    let inserted: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO ingestions
+           (id, tenant, repo_id, commit_sha, run_id, framework, branch, pull_request,
+            idempotency_key, test_count, payload, response, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, $12, $13)
+         ON CONFLICT ON CONSTRAINT ingestions_duplicate_key DO NOTHING
+         RETURNING id",
+    )
+    .bind(ingestion_id)
+    .bind(report.tenant)
+    .bind(header.repo_id)
+    .bind(&header.commit_sha)
+    .bind(&header.run_id)
+    .bind(&header.framework)
+    .bind(&header.branch)
+    .bind(&header.pull_request)
+    .bind(&header.idempotency_key)
+    .bind(test_count)
+    .bind(report.body)
+    .bind(&response)
+    .bind(&meta.request_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let stored = if inserted.is_some() {
+        let message = event_message(ingestion_id, header, report.test_count, chrono::Utc::now());
+        sqlx::query(
+            "INSERT INTO outbox (ingestion_id, tenant, exchange, routing_key, message,
+                                 request_id, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(ingestion_id)
+        .bind(report.tenant)
+        .bind(&report.topology.exchange)
+        .bind(&report.topology.routing_key)
+        .bind(&message)
+        .bind(&meta.request_id)
+        .bind(&meta.traceparent)
+        .execute(&mut *tx)
+        .await?;
+        Stored::Accepted {
+            ingestion_id,
+            response,
+        }
+    } else {
+        // The conflicting row is committed (ON CONFLICT waited for it), and this
+        // statement takes a fresh snapshot under READ COMMITTED, so it sees it.
+        let (id, mut original): (Uuid, Value) = sqlx::query_as(
+            "SELECT id, response FROM ingestions
+             WHERE repo_id = $1 AND commit_sha = $2 AND run_id = $3 AND framework = $4",
+        )
+        .bind(header.repo_id)
+        .bind(&header.commit_sha)
+        .bind(&header.run_id)
+        .bind(&header.framework)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(object) = original.as_object_mut() {
+            object.insert("isDuplicate".to_owned(), Value::Bool(true));
+        }
+        Stored::Duplicate {
+            ingestion_id: id,
+            response: original,
+        }
+    };
+
+    let (action, id) = match &stored {
+        Stored::Accepted { ingestion_id, .. } => ("accepted", *ingestion_id),
+        Stored::Duplicate { ingestion_id, .. } => ("duplicate", *ingestion_id),
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (tenant, action, repo_id, ingestion_id, request_id, source_ip,
+                                user_agent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(report.tenant)
+    .bind(action)
+    .bind(header.repo_id)
+    .bind(id)
+    .bind(&meta.request_id)
+    .bind(&meta.source_ip)
+    .bind(&meta.user_agent)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Records a refused, authenticated request (invalid payload, repository mismatch). Its
+/// rate is bounded by the rate limiter, which runs before validation.
+pub async fn audit_rejected(
+    pool: &PgPool,
+    tenant: &str,
+    repo_id: Uuid,
+    reason: &str,
+    meta: &RequestMeta,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant, action, repo_id, reason, request_id, source_ip, user_agent)
+         VALUES ($1, 'rejected', $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant)
+    .bind(repo_id)
+    .bind(reason)
+    .bind(&meta.request_id)
+    .bind(&meta.source_ip)
+    .bind(&meta.user_agent)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Unsent outbox rows for a tenant and the age of the oldest, in seconds.
+pub async fn outbox_backlog(pool: &PgPool, tenant: &str) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*),
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+         FROM outbox WHERE tenant = $1 AND sent_at IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+}
