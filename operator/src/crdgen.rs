@@ -33,14 +33,29 @@ mod tests {
         );
     }
 
+    /// The chart installs its own copy (Helm reads `crds/` verbatim, no templating).
     #[test]
-    fn crd_yaml_parses_back_into_a_crd() {
+    fn chart_crd_matches_the_types() {
+        let chart = include_str!("../../charts/anchorpipe/crds/ingestionendpoint.yaml");
+        assert!(
+            chart == crd_yaml().unwrap(),
+            "charts/anchorpipe/crds/ingestionendpoint.yaml is stale; copy crds/yaml/ingestionendpoint.yaml there"
+        );
+    }
+
+    /// The YAML says exactly what the types say (no folding or quoting surprises in
+    /// long CEL rules).
+    #[test]
+    fn crd_yaml_parses_back_to_the_same_crd() {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let crd: CustomResourceDefinition = serde_saphyr::from_str(&crd_yaml().unwrap()).unwrap();
         assert_eq!(
             crd.metadata.name.as_deref(),
             Some("ingestionendpoints.anchorpipe.dev")
         );
-        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(
+            serde_json::to_value(&crd).unwrap(),
+            serde_json::to_value(IngestionEndpoint::crd()).unwrap()
+        );
     }
 }

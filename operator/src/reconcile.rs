@@ -485,6 +485,45 @@ async fn referenced_keys(endpoint: &IngestionEndpoint, name: &str, ctx: &Context
     })
 }
 
+/// Checks that the platform Secret the pods read their URLs from is there.
+async fn platform_secret_problem(
+    endpoint: &IngestionEndpoint,
+    ctx: &Context,
+) -> Result<Option<Check>> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let name = &ctx.settings.platform_secret;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let missing: Vec<&str> = match api.get_opt(name).await? {
+        None => {
+            return Ok(Some(Check::failed(
+                "PlatformSecretMissing",
+                format!(
+                    "Secret {name} with keys {} and {} must exist in namespace {namespace}",
+                    builders::DATABASE_URL_KEY,
+                    builders::AMQP_URL_KEY
+                ),
+            )));
+        }
+        Some(secret) => [builders::DATABASE_URL_KEY, builders::AMQP_URL_KEY]
+            .into_iter()
+            .filter(|key| {
+                !secret.data.as_ref().is_some_and(|d| d.contains_key(*key))
+                    && !secret
+                        .string_data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(*key))
+            })
+            .collect(),
+    };
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Check::failed(
+        "PlatformSecretIncomplete",
+        format!("Secret {name} lacks key(s) {}", missing.join(", ")),
+    )))
+}
+
 #[instrument(skip_all, fields(namespace = endpoint.namespace().as_deref(), name = %endpoint.name_any()))]
 async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
     let name = endpoint.name_any();
@@ -535,6 +574,10 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
             referenced_keys(endpoint, &secret, ctx).await?
         }
     };
+
+    // The pods take the database and broker URLs from the platform Secret; without it
+    // they never start, so say so instead of leaving a bare "pods not ready".
+    let platform = platform_secret_problem(endpoint, ctx).await?;
 
     // 3. Config and workload.
     let (config_text, config_hash) = builders::config_json(&config)?;
@@ -613,8 +656,17 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
     };
 
     // 5. Status.
-    let (available, ready_replicas) =
+    let (mut available, ready_replicas) =
         status::availability(Some(&deployment), endpoint.spec.replicas);
+    if let Some(problem) = platform
+        && !available.ok
+    {
+        retry.get_or_insert(Error::UserSecret {
+            name: ctx.settings.platform_secret.clone(),
+            message: problem.message.clone(),
+        });
+        available = problem;
+    }
     let conditions = status::conditions(
         &keys.check,
         &queue,

@@ -1,17 +1,14 @@
-//! The reconcile pipeline against an in-memory API server.
+//! The reconcile pipeline against an in-memory API server (`support`).
 //!
-//! The fake keeps objects by URL path and implements just enough of the API semantics
-//! the operator relies on: server-side apply (the operator is the only writer, so the
-//! applied object replaces the stored one, keeping server-set metadata and status),
-//! status subresource patches, JSON and merge patches (finalizers, events), deletion
-//! with finalizers, and 404s. The broker and the clock are fakes too, so each test can
-//! take down the broker or move time.
+//! Each test drives `reconcile` the way the controller would after watch events, and
+//! checks the objects, status and Events the fake server ends up with. The broker and
+//! the clock are fakes too, so a test can take the broker down or move time.
 
 // A test crate: its helpers panic on broken invariants by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +21,12 @@ use anchorpipe_operator::builders::Settings;
 use anchorpipe_operator::metrics::Metrics;
 use anchorpipe_operator::reconcile::{Context, error_policy, reconcile};
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::Method;
 use k8s_openapi::jiff::Timestamp;
-use kube::client::Body;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use support::Store;
 
 const NS: &str = "tenants";
 const IE: &str = "/apis/anchorpipe.dev/v1alpha1/namespaces/tenants/ingestionendpoints/acme";
@@ -40,236 +36,9 @@ const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/tenants/deployments/acme-inge
 const SERVICE: &str = "/api/v1/namespaces/tenants/services/acme-ingest";
 const PDB: &str = "/apis/policy/v1/namespaces/tenants/poddisruptionbudgets/acme-ingest";
 const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/tenants/ingresses/acme-ingest";
+const PLATFORM: &str = "/api/v1/namespaces/tenants/secrets/anchorpipe-platform";
 const REPO: &str = "7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61";
 const HOUR: Duration = Duration::from_secs(3600);
-
-// ---------------------------------------------------------------- fake API server
-
-#[derive(Default)]
-struct Store {
-    objects: BTreeMap<String, Value>,
-    requests: Vec<(Method, String)>,
-    next_uid: u64,
-    resource_version: u64,
-    now: String,
-}
-
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message, "metadata": {}})
-}
-
-fn merge(target: &mut Value, patch: &Value) {
-    if let Value::Object(p) = patch {
-        if !target.is_object() {
-            *target = json!({});
-        }
-        let t = target.as_object_mut().unwrap();
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    } else {
-        *target = patch.clone();
-    }
-}
-
-fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
-    for op in ops.as_array().ok_or("not a patch")? {
-        let path = op["path"].as_str().ok_or("no path")?;
-        let (parent, last) = path.rsplit_once('/').ok_or("bad path")?;
-        match op["op"].as_str() {
-            Some("test") => {
-                let current = doc.pointer(path).cloned().unwrap_or(Value::Null);
-                if current != op["value"] {
-                    return Err(format!("test failed at {path}"));
-                }
-            }
-            Some("add") | Some("replace") => {
-                let target = doc.pointer_mut(parent).ok_or("no parent")?;
-                match target {
-                    Value::Array(items) if last == "-" => items.push(op["value"].clone()),
-                    Value::Array(items) => {
-                        items.insert(last.parse().map_err(|_| "index")?, op["value"].clone())
-                    }
-                    Value::Object(map) => {
-                        map.insert(last.to_owned(), op["value"].clone());
-                    }
-                    _ => return Err("bad parent".into()),
-                }
-            }
-            Some("remove") => {
-                let target = doc.pointer_mut(parent).ok_or("no parent")?;
-                match target {
-                    Value::Array(items) => {
-                        items.remove(last.parse::<usize>().map_err(|_| "index")?);
-                    }
-                    Value::Object(map) => {
-                        map.remove(last);
-                    }
-                    _ => return Err("bad parent".into()),
-                }
-            }
-            other => return Err(format!("unsupported op {other:?}")),
-        }
-    }
-    Ok(())
-}
-
-impl Store {
-    fn stamp_new(&mut self, obj: &mut Value, path: &str) {
-        self.next_uid += 1;
-        let meta = obj["metadata"].as_object_mut().unwrap();
-        meta.insert("uid".into(), json!(format!("uid-{}", self.next_uid)));
-        meta.insert("creationTimestamp".into(), json!(self.now.clone()));
-        meta.entry("generation").or_insert(json!(1));
-        let name = path.rsplit('/').next().unwrap();
-        meta.insert("name".into(), json!(name));
-    }
-
-    fn bump(&mut self, obj: &mut Value) {
-        self.resource_version += 1;
-        obj["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-    }
-
-    /// Removes an object being deleted once its last finalizer is gone.
-    fn settle(&mut self, path: &str) {
-        let gone = self.objects.get(path).is_some_and(|o| {
-            o["metadata"].get("deletionTimestamp").is_some()
-                && o["metadata"]["finalizers"]
-                    .as_array()
-                    .is_none_or(|f| f.is_empty())
-        });
-        if gone {
-            self.objects.remove(path);
-        }
-    }
-
-    fn handle(
-        &mut self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        self.requests.push((method.clone(), path.to_owned()));
-        let (path, subresource) = match path.strip_suffix("/status") {
-            Some(p) => (p.to_owned(), true),
-            None => (path.to_owned(), false),
-        };
-        let not_found = (
-            StatusCode::NOT_FOUND,
-            status_body(404, "NotFound", "not found"),
-        );
-        match method {
-            Method::GET => match self.objects.get(&path) {
-                Some(o) => (StatusCode::OK, o.clone()),
-                None => not_found,
-            },
-            Method::POST => {
-                let name = body["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or("generated")
-                    .to_owned();
-                let path = format!("{path}/{name}");
-                if self.objects.contains_key(&path) {
-                    return (
-                        StatusCode::CONFLICT,
-                        status_body(409, "AlreadyExists", "exists"),
-                    );
-                }
-                let mut obj = body;
-                self.stamp_new(&mut obj, &path);
-                self.bump(&mut obj);
-                self.objects.insert(path, obj.clone());
-                (StatusCode::CREATED, obj)
-            }
-            Method::PATCH if content_type.starts_with("application/apply-patch") => {
-                if subresource {
-                    let Some(obj) = self.objects.get_mut(&path) else {
-                        return not_found;
-                    };
-                    obj["status"] = body["status"].clone();
-                    let mut obj = obj.clone();
-                    self.bump(&mut obj);
-                    self.objects.insert(path, obj.clone());
-                    return (StatusCode::OK, obj);
-                }
-                let mut obj = body;
-                match self.objects.get(&path) {
-                    Some(old) => {
-                        for key in [
-                            "uid",
-                            "creationTimestamp",
-                            "generation",
-                            "finalizers",
-                            "deletionTimestamp",
-                        ] {
-                            if let Some(v) = old["metadata"].get(key) {
-                                obj["metadata"][key] = v.clone();
-                            }
-                        }
-                        if let Some(status) = old.get("status") {
-                            obj["status"] = status.clone();
-                        }
-                    }
-                    None => self.stamp_new(&mut obj, &path),
-                }
-                self.bump(&mut obj);
-                self.objects.insert(path, obj.clone());
-                (StatusCode::OK, obj)
-            }
-            Method::PATCH => {
-                let Some(mut obj) = self.objects.get(&path).cloned() else {
-                    return not_found;
-                };
-                if content_type.starts_with("application/json-patch") {
-                    if let Err(e) = json_patch(&mut obj, &body) {
-                        return (
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            status_body(422, "Invalid", &e),
-                        );
-                    }
-                } else {
-                    let expected = body["metadata"]["resourceVersion"].clone();
-                    if !expected.is_null() && expected != obj["metadata"]["resourceVersion"] {
-                        return (StatusCode::CONFLICT, status_body(409, "Conflict", "stale"));
-                    }
-                    let mut body = body;
-                    if let Some(m) = body["metadata"].as_object_mut() {
-                        m.remove("resourceVersion");
-                    }
-                    merge(&mut obj, &body);
-                }
-                self.bump(&mut obj);
-                self.objects.insert(path.clone(), obj.clone());
-                self.settle(&path);
-                (StatusCode::OK, obj)
-            }
-            Method::DELETE => {
-                let Some(obj) = self.objects.get_mut(&path) else {
-                    return not_found;
-                };
-                if obj["metadata"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty())
-                {
-                    obj["metadata"]["deletionTimestamp"] = json!(self.now.clone());
-                    let obj = obj.clone();
-                    return (StatusCode::OK, obj);
-                }
-                let obj = self.objects.remove(&path).unwrap();
-                (StatusCode::OK, obj)
-            }
-            _ => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                status_body(405, "MethodNotAllowed", "no"),
-            ),
-        }
-    }
-}
 
 // ---------------------------------------------------------------- fake broker
 
@@ -324,38 +93,12 @@ impl Harness {
             now: t0().to_string(),
             ..Store::default()
         }));
-        let service_store = store.clone();
-        let service = tower::service_fn(move |req: Request<Body>| {
-            let store = service_store.clone();
-            async move {
-                let method = req.method().clone();
-                let path = req.uri().path().to_owned();
-                let content_type = req
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                let bytes = req.into_body().collect().await.unwrap().to_bytes();
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                let (status, value) =
-                    store
-                        .lock()
-                        .unwrap()
-                        .handle(method, &path, &content_type, body);
-                let response = Response::builder()
-                    .status(status)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(serde_json::to_vec(&value).unwrap()))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let client = kube::Client::new(service, "default");
+        store.lock().unwrap().objects.insert(
+            PLATFORM.into(),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "anchorpipe-platform", "namespace": NS},
+                   "data": {"database-url": "cG9zdGdyZXM6Ly8=", "amqp-url": "YW1xcDovLw=="}}),
+        );
+        let client = support::client(store.clone());
         let broker = Arc::new(FakeBroker::default());
         let now = Arc::new(Mutex::new(t0()));
         let clock_now = now.clone();
@@ -928,4 +671,18 @@ async fn referenced_secret_is_mounted_and_checked() {
         ("True".into(), "SecretFound".into())
     );
     assert_eq!(h.get(IE).unwrap()["status"]["currentKeyId"], "2026-02");
+}
+
+#[tokio::test]
+async fn missing_platform_secret_is_named_in_the_status() {
+    let h = Harness::new();
+    h.store.lock().unwrap().objects.remove(PLATFORM);
+    h.put(spec(), json!({}));
+    let err = h.converge().await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert_eq!(
+        h.condition("Available"),
+        ("False".into(), "PlatformSecretMissing".into())
+    );
+    assert!(h.get(DEPLOYMENT).is_some(), "the rest is applied anyway");
 }
