@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Seconds between writes of aggregated audit rows.
     #[arg(long, env = "INGEST_AUDIT_FLUSH_SECS", default_value_t = 5)]
     pub audit_flush_secs: u64,
+    /// Outbox rows the relay publishes per batch (all in flight at once).
+    #[arg(long, env = "INGEST_RELAY_BATCH_SIZE", default_value_t = 256)]
+    pub relay_batch_size: i64,
     /// Benchmark only: answer right after the signature verified, storing nothing.
     #[arg(long, hide = true)]
     pub bench_verify_only: bool,
@@ -193,6 +196,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pool.clone(),
         Arc::clone(&metrics),
         Arc::clone(&delivery),
+        crate::relay::RelaySettings {
+            batch_size: args.relay_batch_size,
+            ..Default::default()
+        },
         shutdown.clone(),
     ));
 

@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod relay;
 pub mod report;
 pub mod signature;
 pub mod store;
@@ -22,15 +23,37 @@ pub(crate) mod testing;
 /// Job in a cluster), never implicitly by a serving pod.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Starts the delivery side (outbox relay, backlog monitor, retention). Without a broker
-/// URL only the backlog monitor runs, so backpressure still works.
+/// Starts the delivery side: the outbox relay (with a broker URL), the backlog monitor
+/// (always, so backpressure works even while the broker is away) and the retention sweep.
 pub fn spawn_delivery(
-    _config: &anchorpipe_crds::IngestConfig,
-    _amqp_url: Option<&str>,
-    _pool: sqlx::PgPool,
-    _metrics: std::sync::Arc<metrics::Metrics>,
-    _delivery: std::sync::Arc<http::DeliveryHealth>,
-    _shutdown: tokio_util::sync::CancellationToken,
+    config: &anchorpipe_crds::IngestConfig,
+    amqp_url: Option<&str>,
+    pool: sqlx::PgPool,
+    metrics: std::sync::Arc<metrics::Metrics>,
+    delivery: std::sync::Arc<http::DeliveryHealth>,
+    settings: relay::RelaySettings,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    Vec::new()
+    let mut tasks = vec![
+        tokio::spawn(relay::monitor_backlog(
+            pool.clone(),
+            config.tenant.clone(),
+            settings.backlog_interval,
+            std::sync::Arc::clone(&metrics),
+            std::sync::Arc::clone(&delivery),
+            shutdown.clone(),
+        )),
+        tokio::spawn(relay::run_retention(
+            pool.clone(),
+            std::time::Duration::from_secs(config.outbox.sent_retention_seconds),
+            settings.clone(),
+            std::sync::Arc::clone(&metrics),
+            shutdown.clone(),
+        )),
+    ];
+    if let Some(url) = amqp_url {
+        let relay = relay::Relay::new(pool, config, url.to_owned(), settings, metrics, delivery);
+        tasks.push(tokio::spawn(relay.run(shutdown)));
+    }
+    tasks
 }

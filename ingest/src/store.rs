@@ -76,6 +76,25 @@ pub fn event_message(
     })
 }
 
+/// A W3C `traceparent` (version 00, sampled) for a request that came without one, so
+/// every message can be correlated with the request that produced it.
+pub fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", &span[..16])
+}
+
+/// Whether `value` has the shape of a W3C `traceparent` header.
+pub fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
 /// Stores `report` exactly once; see the module docs.
 pub async fn store_report(
     pool: &PgPool,
@@ -129,7 +148,12 @@ pub async fn store_report(
         .bind(&report.topology.routing_key)
         .bind(&message)
         .bind(&meta.request_id)
-        .bind(&meta.traceparent)
+        .bind(
+            meta.traceparent
+                .clone()
+                .filter(|t| is_traceparent(t))
+                .unwrap_or_else(new_traceparent),
+        )
         .execute(&mut *tx)
         .await?;
         Stored::Accepted {
@@ -214,4 +238,17 @@ pub async fn outbox_backlog(pool: &PgPool, tenant: &str) -> Result<(i64, f64), s
     .bind(tenant)
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_traceparents_are_well_formed() {
+        let t = new_traceparent();
+        assert!(is_traceparent(&t), "{t}");
+        assert!(!is_traceparent("00-abc-def-01"));
+        assert!(!is_traceparent(""));
+    }
 }

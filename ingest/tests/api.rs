@@ -388,7 +388,8 @@ async fn authentication_failures_are_401_and_aggregated_in_the_audit_log(pool: P
     let (app, state) = router_with(pool.clone(), config(), keys());
     let body = report("run-auth").to_string();
     let good = sign_legacy(SECRET, body.as_bytes());
-    let cases: Vec<(Vec<(&str, String)>, &str, &str)> = vec![
+    type Case = (Vec<(&'static str, String)>, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
         (
             vec![("x-fr-sig", good.clone())],
             "Missing Authorization header with Bearer token",

@@ -1,0 +1,398 @@
+//! Delivery through the outbox against a real RabbitMQ and PostgreSQL: the shared
+//! topology code, dead-lettering, prompt publishing with confirms, two relays on one
+//! outbox, and retention. Broker outages and process crashes are in `outage.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anchorpipe_crds::config::QueueType;
+use anchorpipe_ingest::relay::{self, Relay};
+use axum::http::StatusCode;
+use futures_util::StreamExt as _;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+#[tokio::test]
+async fn topology_is_declared_idempotently_checked_and_deleted() {
+    let mut config = tenant_config();
+    config.broker.message_ttl_ms = Some(60_000);
+    let topology = &config.broker;
+    declare(topology).await;
+    declare(topology).await; // idempotent
+    let (connection, channel) = channel().await;
+    anchorpipe_crds::topology::check(&channel, topology)
+        .await
+        .unwrap();
+
+    // The same queue name with different arguments is refused, naming the queue.
+    let mut conflicting = topology.clone();
+    conflicting.queue_type = QueueType::Classic;
+    let channel2 = connection.create_channel().await.unwrap();
+    let error = anchorpipe_crds::topology::declare(&channel2, &conflicting)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(&topology.dead_letter_queue),
+        "{error}"
+    );
+
+    delete(topology).await;
+    let channel3 = connection.create_channel().await.unwrap();
+    let error = anchorpipe_crds::topology::check(&channel3, topology)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(&topology.queue), "{error}");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_message_rejected_without_requeue_lands_in_the_tenants_dead_letter_queue() {
+    let a = tenant_config();
+    let b = tenant_config();
+    declare(&a.broker).await;
+    declare(&b.broker).await;
+    let (connection, channel) = channel().await;
+    channel
+        .basic_publish(
+            a.broker.exchange.as_str().into(),
+            a.broker.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{\"poison\":true}",
+            BasicProperties::default().with_message_id("m-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        if let Some(message) = channel
+            .basic_get(a.broker.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "message never reached the queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    channel
+        .basic_reject(
+            message.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        )
+        .await
+        .unwrap();
+    let expected: HashSet<String> = ["m-1".to_owned()].into();
+    let dead = take_until(
+        &a.broker.dead_letter_queue,
+        &expected,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body["poison"], true);
+    assert_eq!(
+        queue_depth(&b.broker.dead_letter_queue).await,
+        0,
+        "other tenant untouched"
+    );
+    assert_eq!(queue_depth(&a.broker.queue).await, 0);
+    let _ = connection.close(200, "done".into()).await;
+    delete(&a.broker).await;
+    delete(&b.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn accepted_reports_are_published_promptly_with_confirms(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    declare(&config.broker).await;
+    let state = state(pool.clone(), config.clone());
+    let app = router(&state);
+    // Polling is slowed to 30 s: prompt delivery can only come from the notification.
+    let settings = relay::RelaySettings {
+        poll_interval: Duration::from_secs(30),
+        ..fast_relay()
+    };
+    let relay = Relay::new(
+        pool.clone(),
+        &config,
+        amqp_url(),
+        settings,
+        state.metrics.clone(),
+        state.delivery.clone(),
+    );
+    let shutdown = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.delivery.broker_ready.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "relay never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Consume as the reports come in, recording when each arrived.
+    let (connection, channel) = channel().await;
+    let mut consumer = channel
+        .basic_consume(
+            config.broker.queue.as_str().into(),
+            "test".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let n = 100;
+    let mut acked_at = std::collections::HashMap::new();
+    let mut arrivals = std::collections::HashMap::new();
+    let mut messages = Vec::new();
+    for i in 0..n {
+        let (status, json) = post(&app, repo, &format!("run-{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        acked_at.insert(json["runId"].as_str().unwrap().to_owned(), Instant::now());
+        // Pick up whatever arrived meanwhile without blocking the sender.
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(1), consumer.next()).await
+        {
+            let delivery = delivery.unwrap();
+            let id = delivery
+                .properties
+                .message_id()
+                .clone()
+                .unwrap()
+                .to_string();
+            arrivals.entry(id).or_insert_with(Instant::now);
+            messages.push(delivery);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrivals.len() < n && Instant::now() < deadline {
+        if let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
+        {
+            let delivery = delivery.unwrap();
+            let id = delivery
+                .properties
+                .message_id()
+                .clone()
+                .unwrap()
+                .to_string();
+            arrivals.entry(id).or_insert_with(Instant::now);
+            messages.push(delivery);
+        }
+    }
+    assert_eq!(arrivals.len(), n, "every accepted report is in the queue");
+    let mut delays: Vec<Duration> = acked_at
+        .iter()
+        .map(|(id, at)| arrivals[id].saturating_duration_since(*at))
+        .collect();
+    delays.sort();
+    eprintln!(
+        "200 → in queue: p50 {:?}, p99 {:?}, max {:?} (n = {n})",
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays.last().unwrap()
+    );
+    // Far below the 30 s poll: the notification drove every publish.
+    assert!(percentile(&delays, 0.99) < Duration::from_secs(5));
+
+    // The message: the existing event shape plus the ingestion id, persistent, headed.
+    let delivery = &messages[0];
+    let id = delivery
+        .properties
+        .message_id()
+        .clone()
+        .unwrap()
+        .to_string();
+    let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(body["type"], "test.run.received");
+    assert_eq!(body["ingestionId"], id.as_str());
+    assert_eq!(body["payload"]["repoId"], repo.to_string());
+    assert_eq!(body["payload"]["framework"], "junit");
+    assert_eq!(body["payload"]["testCount"], 1);
+    assert!(body["timestamp"].is_string());
+    assert_eq!(delivery.properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        delivery.properties.content_type().clone().unwrap().as_str(),
+        "application/json"
+    );
+    let headers = delivery.properties.headers().clone().unwrap();
+    let header = |name: &str| match headers.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("header {name}: {other:?}"),
+    };
+    assert_eq!(header("tenant"), config.tenant);
+    assert!(!header("request-id").is_empty());
+    assert!(header("traceparent").starts_with("00-"));
+
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0);
+    assert_eq!(state.metrics.published.get(), n as u64);
+    shutdown.cancel();
+    relay_task.await.unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    delete(&config.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn two_relays_on_one_outbox_publish_every_row(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    declare(&config.broker).await;
+    let state = state(pool.clone(), config.clone());
+    let app = router(&state);
+    let n = 1000;
+    let mut expected = HashSet::new();
+    for i in 0..n {
+        let (status, json) = post(&app, repo, &format!("run-{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+        expected.insert(json["runId"].as_str().unwrap().to_owned());
+    }
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let relay = Relay::new(
+                pool.clone(),
+                &config,
+                amqp_url(),
+                relay::RelaySettings {
+                    batch_size: 100,
+                    ..fast_relay()
+                },
+                state.metrics.clone(),
+                state.delivery.clone(),
+            );
+            tokio::spawn(relay.run(shutdown.clone()))
+        })
+        .collect();
+    let taken = take_until(&config.broker.queue, &expected, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    let ids: HashSet<String> = taken.iter().map(|t| t.message_id.clone()).collect();
+    assert!(
+        expected.is_subset(&ids),
+        "lost {}",
+        expected.difference(&ids).count()
+    );
+    let duplicates = taken.len() - ids.len();
+    eprintln!(
+        "two relays: {n} rows, {} messages taken, {duplicates} duplicates, {:?}",
+        taken.len(),
+        elapsed
+    );
+    assert!(taken.iter().all(|t| t.persistent));
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0);
+    delete(&config.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn relay_is_not_ready_until_the_topology_exists(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    let state = state(pool.clone(), config.clone());
+    state.delivery.relay_enabled.store(true, Ordering::Relaxed);
+    let app = router(&state);
+    let relay = Relay::new(
+        pool.clone(),
+        &config,
+        amqp_url(),
+        fast_relay(),
+        state.metrics.clone(),
+        state.delivery.clone(),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = app
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Reports are still accepted into the outbox meanwhile.
+    let (status, json) = post(&app, repo, "early").await;
+    assert_eq!(status, StatusCode::OK);
+    let expected: HashSet<String> = [json["runId"].as_str().unwrap().to_owned()].into();
+
+    declare(&config.broker).await;
+    let taken = take_until(&config.broker.queue, &expected, Duration::from_secs(20)).await;
+    assert_eq!(taken.len(), 1);
+    assert!(state.delivery.broker_ready.load(Ordering::Relaxed));
+    shutdown.cancel();
+    task.await.unwrap();
+    delete(&config.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn retention_deletes_only_old_sent_rows(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    let state = state(pool.clone(), config.clone());
+    let app = router(&state);
+    for i in 0..30 {
+        assert_eq!(post(&app, repo, &format!("r{i}")).await.0, StatusCode::OK);
+    }
+    // 10 sent long ago, 10 sent just now, 10 unsent.
+    sqlx::query(
+        "UPDATE outbox SET sent_at = now() - interval '2 hours'
+         WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 10)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE outbox SET sent_at = now()
+         WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 10)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deleted = relay::clean_sent(&pool, Duration::from_secs(3600), 3)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 10);
+    let (sent, unsent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE sent_at IS NOT NULL),
+                count(*) FILTER (WHERE sent_at IS NULL) FROM outbox",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((sent, unsent), (10, 10));
+    // The ingestions themselves are kept.
+    let ingestions: i64 = sqlx::query_scalar("SELECT count(*) FROM ingestions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ingestions, 30);
+}

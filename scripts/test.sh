@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README): on a fresh machine it installs and starts what the tests
+# need; with everything already up it goes straight to the checks.
+#
+#   scripts/test.sh             formatting, lints, every test
+#   scripts/test.sh -- ARGS     extra arguments for `cargo test` (e.g. a test name filter)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "services (PostgreSQL, RabbitMQ)"
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
+    step "Kubernetes control plane (built once, cached)"
+    scripts/cluster.sh build
+    scripts/cluster.sh up
+    eval "$(scripts/cluster.sh env)"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+[ "${1:-}" = "--" ] && shift
+cargo test --workspace --locked "$@"
