@@ -404,7 +404,8 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_the_field() {
-        let cases: [(&str, fn(&mut serde_json::Value)); 5] = [
+        type Mutation = fn(&mut serde_json::Value);
+        let cases: [(&str, Mutation); 5] = [
             ("tenant", |v| v["tenant"] = " ".into()),
             ("repositories", |v| {
                 v["repositories"] = serde_json::json!([])
