@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 
-use anchorpipe_crds::config::{BrokerTopology, IngestConfig, Limit, RateLimitConfig};
 use anchorpipe_ingest::http::{AppState, DeliveryHealth, app};
 use anchorpipe_ingest::keys::{Key, KeySet, KeyStore};
 use anchorpipe_ingest::metrics::Metrics;
@@ -106,24 +107,8 @@ fn sample<S: Strategy>(runner: &mut TestRunner, strategy: &S, n: usize) -> Vec<S
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
 async fn arbitrary_input_never_yields_a_server_error(pool: PgPool) {
     let repo = Uuid::new_v4();
-    let config = IngestConfig {
-        tenant: "fuzz".to_owned(),
-        repositories: vec![repo],
-        signatures: Default::default(),
-        rate_limit: RateLimitConfig {
-            per_repository: Limit {
-                requests_per_minute: 1_000_000,
-                burst: 100_000,
-            },
-            per_endpoint: Limit {
-                requests_per_minute: 1_000_000,
-                burst: 100_000,
-            },
-        },
-        limits: Default::default(),
-        broker: BrokerTopology::for_tenant("fuzz"),
-        outbox: Default::default(),
-    };
+    let mut config = support::tenant_config();
+    config.repositories = vec![repo];
     let state = AppState::new(
         config,
         KeyStore::fixed(KeySet::new(vec![Key::from_secret("k", SECRET)])),

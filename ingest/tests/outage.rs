@@ -14,7 +14,6 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anchorpipe_ingest::relay::Relay;
 use anchorpipe_ingest::signature::sign_legacy;
 use axum::http::StatusCode;
 use http_body_util::{BodyExt as _, Full};
@@ -61,15 +60,7 @@ async fn a_broker_outage_loses_no_acknowledged_report(pool: PgPool) {
     let state = state(pool.clone(), config.clone());
     let app = router(&state);
     let shutdown = CancellationToken::new();
-    let relay = Relay::new(
-        pool.clone(),
-        &config,
-        amqp_url(),
-        fast_relay(),
-        state.metrics.clone(),
-        state.delivery.clone(),
-    );
-    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let task = start_relay(&pool, &config, &state, fast_relay(), &shutdown);
     let delivery = state.delivery.clone();
     wait_until("relay connected", Duration::from_secs(10), || {
         delivery.broker_ready.load(Ordering::Relaxed)
@@ -95,16 +86,15 @@ async fn a_broker_outage_loses_no_acknowledged_report(pool: PgPool) {
     .await;
     let started = Instant::now();
     services("broker-start");
-    let taken = take_until(&config.broker.queue, &expected, Duration::from_secs(60)).await;
-    let ids: HashSet<String> = taken.iter().map(|t| t.message_id.clone()).collect();
-    let lost = expected.difference(&ids).count();
+    let result = delivered(&config.broker.queue, &expected, Duration::from_secs(60)).await;
     eprintln!(
-        "broker outage: {n} accepted while down, {} delivered after restart in {:?}, {lost} lost, {} duplicates",
-        ids.len(),
+        "broker outage: {n} accepted while down, {} delivered after restart in {:?}, {} lost, {} duplicates",
+        result.distinct,
         started.elapsed(),
-        taken.len() - ids.len()
+        result.lost,
+        result.duplicates()
     );
-    assert_eq!(lost, 0);
+    assert_eq!(result.lost, 0);
     shutdown.cancel();
     task.await.unwrap();
     delete(&config.broker).await;
@@ -298,16 +288,15 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report(pool: PgPool) {
 
     let mut child = spawn();
     wait_ready().await;
-    let taken = take_until(&config.broker.queue, &acknowledged, Duration::from_secs(60)).await;
-    let ids: HashSet<String> = taken.iter().map(|t| t.message_id.clone()).collect();
-    let lost = acknowledged.difference(&ids).count();
+    let result = delivered(&config.broker.queue, &acknowledged, Duration::from_secs(60)).await;
     eprintln!(
-        "after restart: {} acknowledged, {} in queue, {lost} lost, {} duplicates",
+        "after restart: {} acknowledged, {} in queue, {} lost, {} duplicates",
         acknowledged.len(),
-        ids.len(),
-        taken.len() - ids.len()
+        result.distinct,
+        result.lost,
+        result.duplicates()
     );
-    assert_eq!(lost, 0);
+    assert_eq!(result.lost, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
     std::fs::remove_dir_all(&dir).unwrap();

@@ -229,6 +229,54 @@ pub async fn queue_depth(queue: &str) -> u32 {
     declared.message_count()
 }
 
+/// Starts a relay for `state`'s tenant; it runs until `shutdown`.
+pub fn start_relay(
+    pool: &PgPool,
+    config: &IngestConfig,
+    state: &AppState,
+    settings: RelaySettings,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let relay = anchorpipe_ingest::relay::Relay::new(
+        pool.clone(),
+        config,
+        amqp_url(),
+        settings,
+        Arc::clone(&state.metrics),
+        Arc::clone(&state.delivery),
+    );
+    tokio::spawn(relay.run(shutdown.clone()))
+}
+
+/// What reached a queue, compared with what was acknowledged.
+pub struct Delivered {
+    pub taken: usize,
+    pub distinct: usize,
+    pub lost: usize,
+}
+
+impl Delivered {
+    pub fn duplicates(&self) -> usize {
+        self.taken - self.distinct
+    }
+}
+
+/// Takes from `queue` until every acknowledged id arrived (or `timeout`), and counts.
+pub async fn delivered(
+    queue: &str,
+    acknowledged: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> Delivered {
+    let taken = take_until(queue, acknowledged, timeout).await;
+    let ids: std::collections::HashSet<String> =
+        taken.iter().map(|t| t.message_id.clone()).collect();
+    Delivered {
+        taken: taken.len(),
+        distinct: ids.len(),
+        lost: acknowledged.difference(&ids).count(),
+    }
+}
+
 /// Percentile of a sorted slice.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
