@@ -273,10 +273,10 @@ fn default_per_endpoint() -> LimitSpec {
 #[serde(rename_all = "camelCase")]
 pub struct LimitSpec {
     /// Sustained requests per minute, 1 to 1000000.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = 1_000_000), extend("format" = "int32"))]
     pub requests_per_minute: u32,
     /// Requests accepted at once before the sustained rate applies, 1 to 100000.
-    #[schemars(range(min = 1, max = 100_000))]
+    #[schemars(range(min = 1, max = 100_000), extend("format" = "int32"))]
     pub burst: u32,
 }
 
@@ -307,7 +307,7 @@ pub struct QueueSpec {
     /// How long a report message may wait in the queue, in seconds, before it is
     /// dead-lettered. Unset means messages wait until consumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4_294_967))]
+    #[schemars(range(min = 1, max = 4_294_967), extend("format" = "int32"))]
     pub message_ttl_seconds: Option<u32>,
     /// Exchange rejected or expired messages go to. Defaults to `anchorpipe.reports.dlx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,11 +352,11 @@ pub struct LimitsSpec {
     /// Largest accepted request body in bytes; larger requests are answered 413.
     /// Defaults to 52428800 (50 MiB), at most 1 GiB.
     #[serde(default = "default_max_body_bytes")]
-    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    #[schemars(range(min = 1024, max = 1_073_741_824), extend("format" = "int64"))]
     pub max_body_bytes: u64,
     /// Largest number of test results in one report. Defaults to 10000, the maximum.
     #[serde(default = "default_max_tests")]
-    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(range(min = 1, max = 10_000), extend("format" = "int32"))]
     pub max_tests: u32,
 }
 

@@ -30,6 +30,14 @@ pub enum Error {
     #[error("broker: {0}")]
     Broker(String),
 
+    /// Deleting the tenant's queues failed; the finalizer is released anyway once
+    /// `deadline_in` has passed, so retries must not be spaced beyond it.
+    #[error("broker cleanup: {message}")]
+    BrokerCleanup {
+        message: String,
+        deadline_in: std::time::Duration,
+    },
+
     #[error("serializing {what}: {message}")]
     Serialize { what: &'static str, message: String },
 
@@ -69,6 +77,18 @@ impl Error {
                 _ => false,
             },
             _ => false,
+        }
+    }
+
+    /// The latest a retry may come for this error, if it has a deadline of its own.
+    pub fn retry_deadline(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::BrokerCleanup { deadline_in, .. } => Some(*deadline_in),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_deadline(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }

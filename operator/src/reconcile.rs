@@ -179,7 +179,12 @@ pub fn error_policy(
         warn!(object = %key, %error, "reconcile failed; waiting for the object to change");
         Action::await_change()
     } else {
-        let delay = ctx.next_backoff(&key);
+        let mut delay = ctx.next_backoff(&key);
+        if let Some(deadline) = error.retry_deadline() {
+            // Come back just after the deadline at the latest, so a bounded wait stays
+            // bounded whatever the backoff had grown to.
+            delay = delay.min(deadline + Duration::from_secs(1));
+        }
         warn!(object = %key, %error, retry_in_s = delay.as_secs(), "reconcile failed; retrying");
         Action::requeue(delay)
     }
@@ -816,7 +821,10 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
                     ),
                 )
                 .await;
-                Err(Error::Broker(e.to_string()))
+                Err(Error::BrokerCleanup {
+                    message: e.to_string(),
+                    deadline_in: left,
+                })
             }
         }
     }

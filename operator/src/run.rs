@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::AmqpBroker;
 use crate::builders::{MANAGED_BY_SELECTOR, Settings};
@@ -88,8 +88,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
-        if let Err(error) = result {
-            warn!(%error, "controller event");
+        match result {
+            // An owned object changed after its endpoint was deleted: nothing to do.
+            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                debug!(%object, "endpoint gone");
+            }
+            // Reconcile errors were logged by the error policy already.
+            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+            Err(error) => warn!(%error, "controller stream error"),
+            Ok(_) => {}
         }
     });
 
