@@ -55,6 +55,7 @@ const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9
 // The printer columns repeat `type_ = "string"`, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[schemars(transform = unwrap_descriptions)]
 #[kube(
     group = "anchorpipe.dev",
     version = "v1alpha1",
@@ -101,7 +102,8 @@ const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("has(self.spec.tenant) || (size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("the object name is the default tenant name, so it must be at most 40 lowercase letters, digits or '-'; otherwise set spec.tenant")
 )]
 #[x_kube(validation = Rule::new("has(self.tenant) == has(oldSelf.tenant) && (!has(self.tenant) || self.tenant == oldSelf.tenant)").message("tenant cannot be changed after creation: its keys, queue and stored reports belong to the old name; create a new IngestionEndpoint instead"))]
 #[serde(rename_all = "camelCase")]
@@ -164,12 +166,33 @@ pub struct IngestionEndpointSpec {
     pub image: Option<String>,
 }
 
+/// Joins the hard-wrapped lines of doc comments into paragraphs: `kubectl explain`
+/// wraps descriptions itself, so source line breaks would show up as ragged lines.
+/// Blank lines (paragraph breaks) stay.
+pub fn unwrap_descriptions(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
+        *text = text
+            .split("\n\n")
+            .map(|paragraph| {
+                paragraph
+                    .split('\n')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    schemars::transform::transform_subschemas(&mut unwrap_descriptions, schema);
+}
+
 fn default_replicas() -> i32 {
     2
 }
 
 /// HMAC signing keys.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[schemars(transform = unwrap_descriptions)]
 #[x_kube(validation = Rule::new("!has(self.secretRef) || (!has(self.rotationPeriod) && !has(self.gracePeriod))").message("rotationPeriod and gracePeriod apply to minted keys only; remove them when secretRef is set"))]
 #[x_kube(validation = Rule::new("duration(has(self.gracePeriod) ? self.gracePeriod : '24h') < duration(has(self.rotationPeriod) ? self.rotationPeriod : '720h')").message("gracePeriod must be shorter than rotationPeriod (defaults 24h and 720h), or two old keys would be valid at once"))]
 #[serde(rename_all = "camelCase")]
@@ -196,6 +219,7 @@ pub struct HmacSpec {
 
 /// A Secret in the endpoint's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret.
@@ -205,6 +229,7 @@ pub struct SecretRef {
 
 /// Accepted request signature schemes. At least one must be on.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[x_kube(validation = Rule::new("self.legacy || self.standardWebhooks").message("at least one signature scheme must be enabled"))]
 #[serde(rename_all = "camelCase")]
 pub struct SignaturesSpec {
@@ -234,6 +259,7 @@ fn default_true() -> bool {
 
 /// Endpoint-wide rate limits.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[x_kube(validation = Rule::new("self.perRepository.requestsPerMinute <= self.perEndpoint.requestsPerMinute").message("perRepository.requestsPerMinute cannot exceed perEndpoint.requestsPerMinute"))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
@@ -270,6 +296,7 @@ fn default_per_endpoint() -> LimitSpec {
 
 /// A token bucket: a sustained rate and the burst allowed on top of it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitSpec {
     /// Sustained requests per minute, 1 to 1000000.
@@ -283,6 +310,7 @@ pub struct LimitSpec {
 /// The tenant's RabbitMQ topology: a queue bound to a shared topic exchange, and a
 /// dead-letter queue for messages consumers reject.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[schemars(transform = unwrap_descriptions)]
 #[x_kube(validation = Rule::new("(has(self.exchange) ? self.exchange : 'anchorpipe.reports') != (has(self.deadLetterExchange) ? self.deadLetterExchange : 'anchorpipe.reports.dlx')").message("deadLetterExchange must differ from exchange, or rejected messages would loop"))]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
@@ -326,6 +354,7 @@ pub struct QueueSpec {
 
 /// RabbitMQ queue type.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub enum QueueKind {
     /// Replicated and durable.
@@ -337,6 +366,7 @@ pub enum QueueKind {
 
 /// What deleting the endpoint does to its queues.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[schemars(transform = unwrap_descriptions)]
 pub enum DeletionPolicy {
     /// Keep the queues and their messages.
     #[default]
@@ -347,6 +377,7 @@ pub enum DeletionPolicy {
 
 /// Report size limits.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
     /// Largest accepted request body in bytes; larger requests are answered 413.
@@ -379,6 +410,7 @@ fn default_max_tests() -> u32 {
 
 /// How the endpoint is published outside the cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Public host name, e.g. `reports.example.com`. Reports are accepted at
@@ -399,6 +431,7 @@ pub struct IngressSpec {
 
 /// What the operator observed and did. Written by the operator only.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[schemars(transform = unwrap_descriptions)]
 #[serde(rename_all = "camelCase")]
 pub struct IngestionEndpointStatus {
     /// The spec generation this status describes.
