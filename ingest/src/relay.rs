@@ -29,7 +29,6 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +93,8 @@ struct OutboxRow {
     ingestion_id: Uuid,
     exchange: String,
     routing_key: String,
-    message: Value,
+    /// The message as JSON text, sent as is (no parse and re-serialise per publish).
+    message: String,
     request_id: String,
     traceparent: Option<String>,
     attempts: i32,
@@ -267,8 +267,8 @@ impl Relay {
     pub async fn publish_batch(&self, channel: &Channel) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, ingestion_id, exchange, routing_key, message, request_id, traceparent,
-                    attempts
+            "SELECT id, ingestion_id, exchange, routing_key, message::text AS message, request_id,
+                    traceparent, attempts
              FROM outbox
              WHERE tenant = $1 AND sent_at IS NULL AND next_attempt_at <= now()
              ORDER BY id
@@ -287,7 +287,6 @@ impl Relay {
         // Publish everything first (pipelined), then await the confirms together.
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            let payload = serde_json::to_vec(&row.message).unwrap_or_default();
             let confirm = channel
                 .basic_publish(
                     ShortString::from(row.exchange.as_str()),
@@ -296,7 +295,7 @@ impl Relay {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &payload,
+                    row.message.as_bytes(),
                     properties(row, &self.tenant),
                 )
                 .await;

@@ -396,3 +396,107 @@ async fn retention_deletes_only_old_sent_rows(pool: PgPool) {
         .unwrap();
     assert_eq!(ingestions, 30);
 }
+
+/// The relay's confirmed-publish rate next to a plain publish-with-confirms loop with
+/// the same number in flight, on the same broker in the same run. Printed for the
+/// record; only correctness is asserted (speed targets live in the benchmark harness).
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
+    let config = tenant_config();
+    declare(&config.broker).await;
+    let n: i64 = 3000;
+    let batch = relay::RelaySettings::default().batch_size;
+    // Fill the outbox directly: the relay alone is measured, not the HTTP side.
+    sqlx::query(
+        "WITH i AS (
+             INSERT INTO ingestions (id, tenant, repo_id, commit_sha, run_id, framework,
+                                     test_count, payload, response, request_id)
+             SELECT gen_random_uuid(), $1, gen_random_uuid(), repeat('a', 40), g::text,
+                    'junit', 1, '{}', '{}', 'bench'
+             FROM generate_series(1, $2) g
+             RETURNING id)
+         INSERT INTO outbox (ingestion_id, tenant, exchange, routing_key, message, request_id)
+         SELECT id, $1, $3, $4,
+                jsonb_build_object('type', 'test.run.received', 'ingestionId', id,
+                                   'payload', jsonb_build_object('testCount', 1)),
+                'bench'
+         FROM i",
+    )
+    .bind(&config.tenant)
+    .bind(n)
+    .bind(&config.broker.exchange)
+    .bind(&config.broker.routing_key)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let state = state(pool.clone(), config.clone());
+    let relay = Relay::new(
+        pool.clone(),
+        &config,
+        amqp_url(),
+        relay::RelaySettings::default(),
+        state.metrics.clone(),
+        state.delivery.clone(),
+    );
+    let (connection, channel) = channel().await;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut confirmed = 0;
+    loop {
+        let outcome = relay.publish_batch(&channel).await.unwrap();
+        confirmed += outcome.confirmed;
+        assert_eq!(outcome.refused, 0);
+        if outcome.confirmed == 0 {
+            break;
+        }
+    }
+    let relay_elapsed = started.elapsed();
+    assert_eq!(confirmed as i64, n);
+
+    // The plain loop: the same message size, `batch` in flight, confirms awaited per batch.
+    let message = serde_json::to_vec(&serde_json::json!({
+        "type": "test.run.received",
+        "ingestionId": uuid::Uuid::new_v4(),
+        "payload": {"testCount": 1}
+    }))
+    .unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let mut pending = Vec::new();
+        for _ in 0..batch.min(n - sent) {
+            pending.push(
+                channel
+                    .basic_publish(
+                        config.broker.exchange.as_str().into(),
+                        config.broker.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &message,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .unwrap(),
+            );
+            sent += 1;
+        }
+        for confirm in futures_util::future::join_all(pending).await {
+            assert!(confirm.unwrap().is_ack());
+        }
+    }
+    let plain_elapsed = started.elapsed();
+    let rate = |elapsed: Duration| n as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "relay alone: {n} confirmed in {relay_elapsed:?} ({:.0} msg/s); plain confirm loop, {batch} in flight: {plain_elapsed:?} ({:.0} msg/s); ratio {:.2}",
+        rate(relay_elapsed),
+        rate(plain_elapsed),
+        rate(relay_elapsed) / rate(plain_elapsed)
+    );
+    let _ = connection.close(200, "done".into()).await;
+    delete(&config.broker).await;
+}
