@@ -61,6 +61,8 @@ pub enum ReleaseReason {
     Timeout,
     /// The skip annotation was set.
     Override,
+    /// The object no longer deserializes, so its queues cannot be named.
+    Unreadable,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

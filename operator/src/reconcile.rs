@@ -245,7 +245,7 @@ async fn malformed(
         ctx.metrics
             .finalizers_released_without_cleanup
             .get_or_create(&ReleaseLabels {
-                reason: ReleaseReason::Override,
+                reason: ReleaseReason::Unreadable,
             })
             .inc();
         ctx.event(
