@@ -1,0 +1,131 @@
+//! Graceful shutdown of the real binary: on SIGTERM it stops accepting connections but
+//! finishes the request in flight (a slow upload here), stores it, and exits cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anchorpipe_ingest::signature::sign_legacy;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sqlx::PgPool;
+use support::*;
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn sigterm_finishes_the_request_in_flight(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    let dir = std::env::temp_dir().join(format!("ingest-term-{}", config.tenant));
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("keys/k1"), SECRET).unwrap();
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let database_url = format!("{}/{database}", &base[..base.rfind('/').unwrap()]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(dir.join("config.json"))
+        .arg("--keys-dir")
+        .arg(dir.join("keys"))
+        .env("DATABASE_URL", &database_url)
+        .env_remove("AMQP_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = hyper::Request::get(format!("http://127.0.0.1:{port}/readyz"))
+            .body(Full::default())
+            .unwrap();
+        if let Ok(response) = client.request(ready).await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A slow upload: half the body now, the rest after SIGTERM.
+    let body = report(repo, "slow-upload");
+    let (first, second) = body.split_at(body.len() / 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let streaming: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::post(format!("http://127.0.0.1:{port}/api/ingestion"))
+        .header("authorization", format!("Bearer {repo}"))
+        .header("x-fr-sig", sign_legacy(SECRET, body.as_bytes()))
+        .header("content-length", body.len())
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let in_flight = tokio::spawn(streaming.request(request));
+    tx.send(Ok(Frame::data(Bytes::from(first.to_owned()))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are no longer accepted while the old request finishes.
+    let fresh: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let probe = hyper::Request::get(format!("http://127.0.0.1:{port}/healthz"))
+        .body(Full::default())
+        .unwrap();
+    assert!(
+        fresh.request(probe).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+
+    tx.send(Ok(Frame::data(Bytes::from(second.to_owned()))))
+        .await
+        .unwrap();
+    drop(tx);
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let json: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(json["message"], "Test report received");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("did not exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ingestions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
