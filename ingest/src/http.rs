@@ -39,7 +39,7 @@ const BUDGET_UNIT: u64 = 1024;
 
 /// How long a request may wait for its share of the in-flight byte budget before it is
 /// answered 503; long enough to ride out a burst, short enough not to hold CI jobs.
-const BUDGET_WAIT: Duration = Duration::from_secs(10);
+pub const BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest time allowed for receiving a body: 50 MiB at a slow 512 KiB/s CI uplink.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(100);
@@ -78,6 +78,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<DeliveryHealth>,
     body_budget: Arc<Semaphore>,
+    /// How long a request waits for in-flight budget before a 503 ([`BUDGET_WAIT`]).
+    pub budget_wait: Duration,
     /// Benchmark-only: answer 200 right after the signature verified. Never on by default.
     pub verify_only: bool,
 }
@@ -102,6 +104,7 @@ impl AppState {
             metrics,
             delivery,
             body_budget: Arc::new(Semaphore::new(budget_units)),
+            budget_wait: BUDGET_WAIT,
             verify_only: false,
         })
     }
@@ -348,7 +351,8 @@ async fn handle(
     let claim = signature::precheck(headers, config, &keys, unix_now())
         .map_err(|failure| auth_failed(state, failure, None, meta))?;
 
-    let (bytes, _permit) = read_body(body, limit, declared, &state.body_budget).await?;
+    let (bytes, _permit) =
+        read_body(body, limit, declared, &state.body_budget, state.budget_wait).await?;
 
     let blocking = bytes.len() > BLOCKING_THRESHOLD;
     let verified = {
@@ -501,6 +505,7 @@ async fn read_body(
     limit: u64,
     declared: Option<u64>,
     budget: &Arc<Semaphore>,
+    wait: Duration,
 ) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
     let busy = ApiError::Unavailable {
         message: "Too many reports in flight; retry later",
@@ -509,7 +514,7 @@ async fn read_body(
     let acquire = |units: u32| {
         let budget = Arc::clone(budget);
         async move {
-            tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(units))
+            tokio::time::timeout(wait, budget.acquire_many_owned(units))
                 .await
                 .ok()
                 .and_then(Result::ok)

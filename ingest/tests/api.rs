@@ -762,3 +762,49 @@ async fn the_audit_log_is_append_only(pool: PgPool) {
     let delete = sqlx::query("DELETE FROM audit_log").execute(&pool).await;
     assert!(delete.unwrap_err().to_string().contains("append-only"));
 }
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn the_in_flight_byte_budget_bounds_memory_with_503(pool: PgPool) {
+    let mut config = config();
+    config.limits.max_body_bytes = 512 * 1024;
+    config.limits.max_in_flight_bytes = 512 * 1024;
+    let state = Arc::new({
+        let mut state = AppState::new(
+            config,
+            keys(),
+            pool,
+            Arc::new(Metrics::new()),
+            Arc::new(DeliveryHealth::default()),
+        )
+        .unwrap();
+        state.budget_wait = Duration::from_millis(200);
+        state
+    });
+    let app = app(Arc::clone(&state));
+    // A slow upload declares the whole budget and holds it while it trickles in.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let slow = Request::post("/api/ingestion")
+        .header("authorization", format!("Bearer {REPO}"))
+        .header("x-fr-sig", "00")
+        .header("content-length", (512 * 1024).to_string())
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let slow = tokio::spawn(app.clone().oneshot(slow));
+    tx.send(Ok(vec![b' '; 1024])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let body = report("run-budget").to_string();
+    let (status, headers, json) = send(&app, signed(body.as_bytes())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert_eq!(headers["retry-after"], "5");
+    assert!(json["error"].as_str().unwrap().contains("in flight"));
+
+    // Once the slow upload ends, its budget is returned and reports are taken again.
+    drop(tx);
+    let _ = slow.await.unwrap();
+    let (status, _, _) = send(&app, signed(body.as_bytes())).await;
+    assert_eq!(status, StatusCode::OK);
+}
