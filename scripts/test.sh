@@ -29,4 +29,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 [ "${1:-}" = "--" ] && shift
+# The e2e tests run the operator and ingest binaries from the target dir.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
