@@ -59,8 +59,14 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// State the relay shares with the HTTP side: broker health and outbox backlog.
 #[derive(Debug, Default)]
 pub struct DeliveryHealth {
-    /// False until the relay reports; true when it has no broker configured to wait on.
+    /// True while the relay holds a working, confirm-mode channel.
     pub broker_ready: AtomicBool,
+    /// True when the broker answered that the tenant's exchange or queue does not exist:
+    /// the one broker condition that makes the pod not ready. An unreachable broker does
+    /// not: reports are still accepted into the outbox (up to its cap) and delivered
+    /// once the broker is back, so taking pods out of the Service would only turn a
+    /// broker outage into an ingestion outage.
+    pub topology_missing: AtomicBool,
     /// Whether a relay runs in this process at all (readiness ignores the broker if not).
     pub relay_enabled: AtomicBool,
     pub backlog_rows: AtomicU64,
@@ -566,9 +572,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     .map(|r| r.is_ok())
     .unwrap_or(false);
     let relay = state.delivery.relay_enabled.load(Ordering::Relaxed);
-    let broker = !relay || state.delivery.broker_ready.load(Ordering::Relaxed);
+    let topology_missing = relay && state.delivery.topology_missing.load(Ordering::Relaxed);
+    let broker = if !relay {
+        "not configured"
+    } else if topology_missing {
+        "topology missing"
+    } else if state.delivery.broker_ready.load(Ordering::Relaxed) {
+        "connected"
+    } else {
+        "unreachable"
+    };
     let keys = !state.keys.current().is_empty();
-    let ready = db && broker && keys;
+    let ready = db && keys && !topology_missing;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -577,7 +592,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let body = json!({
         "ready": ready,
         "database": db,
-        "broker": if relay { json!(broker) } else { json!("not configured") },
+        "broker": broker,
         "keys": keys,
         "outboxBacklog": state.delivery.backlog_rows.load(Ordering::Relaxed),
         "outboxOldestAgeSeconds": state.delivery.oldest_age_secs.load(Ordering::Relaxed),

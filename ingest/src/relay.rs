@@ -174,7 +174,14 @@ impl Relay {
         let connection = Connection::connect(&self.amqp_url, properties).await?;
         // Passive declares close their channel on failure, so check on a throwaway one.
         let probe = connection.create_channel().await?;
-        anchorpipe_crds::topology::check(&probe, &self.topology).await?;
+        let checked = anchorpipe_crds::topology::check(&probe, &self.topology).await;
+        // A channel-level (soft) error is the broker's answer NOT_FOUND; anything else is
+        // the connection failing, which says nothing about the topology.
+        let missing = matches!(&checked, Err(e) if e.source.is_amqp_soft_error());
+        self.delivery
+            .topology_missing
+            .store(missing, Ordering::Relaxed);
+        checked?;
         let _ = probe.close(200, "topology checked".into()).await;
         let channel = connection.create_channel().await?;
         channel

@@ -58,6 +58,7 @@ async fn a_broker_outage_loses_no_acknowledged_report(pool: PgPool) {
     let repo = config.repositories[0];
     declare(&config.broker).await;
     let state = state(pool.clone(), config.clone());
+    state.delivery.relay_enabled.store(true, Ordering::Relaxed);
     let app = router(&state);
     let shutdown = CancellationToken::new();
     let task = start_relay(&pool, &config, &state, fast_relay(), &shutdown);
@@ -84,6 +85,19 @@ async fn a_broker_outage_loses_no_acknowledged_report(pool: PgPool) {
         !delivery.broker_ready.load(Ordering::Relaxed)
     })
     .await;
+    // The pod stays ready: it keeps taking reports into the outbox, and says why.
+    let ready = tower::ServiceExt::oneshot(
+        app.clone(),
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body = ready.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["broker"], "unreachable");
     let started = Instant::now();
     services("broker-start");
     let result = delivered(&config.broker.queue, &expected, Duration::from_secs(60)).await;
