@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6, in one command: starts PostgreSQL and RabbitMQ (through
+# scripts/services.sh), builds the release binaries, runs the scenario matrix and writes
+# tests/bench/RESULTS.md and tests/bench/throughput.png.
+#
+#   scripts/bench.sh                    the full matrix (about 8–10 minutes on 2 cores)
+#   scripts/bench.sh --duration 2       shorter points; any anchorpipe-bench `run` flag works
+#
+# The load generator runs on the same machine as the services, as a CI runner next to
+# a small cluster would; its own CPU use is reported per point.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+log() { printf '[bench.sh] %s\n' "$*" >&2; }
+
+# The chart's text is drawn from DejaVu Sans; perf gives the profile when it works here.
+need=()
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+command -v perf >/dev/null 2>&1 || need+=(linux-perf)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # linux-perf may not match this kernel or be installable; the profile is optional.
+    apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null
+    apt-get install -y -qq --no-install-recommends linux-perf >/dev/null 2>&1 || log "no perf; skipping the profile"
+fi
+
+log "services"
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+log "building release binaries (anchorpipe-ingest, anchorpipe-bench)"
+cargo build --release --locked -p anchorpipe-ingest -p anchorpipe-bench
+
+perf_flag=()
+if command -v perf >/dev/null 2>&1 && perf stat -e task-clock true >/dev/null 2>&1; then
+    perf_flag=(--perf)
+fi
+
+log "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every figure)"
+target/release/anchorpipe-bench run \
+    --ingest-bin target/release/anchorpipe-ingest \
+    --out-dir tests/bench \
+    "${perf_flag[@]}" \
+    "$@"

@@ -1,0 +1,178 @@
+//! `anchorpipe-bench`: the load generator and benchmark matrix of issue 6.
+//!
+//! - `run`: the whole matrix against freshly started ingest processes; writes
+//!   `RESULTS.md` and `throughput.png` (what `scripts/bench.sh` calls).
+//! - `load`: one load against an ingest service that is already running.
+
+mod chart;
+mod limits;
+mod load;
+mod matrix;
+mod memory;
+mod procstat;
+mod report;
+mod results;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::report::Size;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "anchorpipe-bench",
+    about = "Benchmark of the anchorpipe ingest service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the scenario matrix and write RESULTS.md and throughput.png.
+    Run(RunArgs),
+    /// Send one load to a running ingest service and print the figures.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The release `anchorpipe-ingest` binary to measure.
+    #[arg(long)]
+    ingest_bin: PathBuf,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// Where RESULTS.md and throughput.png go.
+    #[arg(long, default_value = "tests/bench")]
+    out_dir: PathBuf,
+    /// Scratch directory for config, keys, logs and the profile.
+    #[arg(long, default_value = "/tmp/anchorpipe-bench")]
+    work_dir: PathBuf,
+    /// Seconds per measured point.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    concurrency: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "small,medium,large")]
+    sizes: Vec<Size>,
+    /// The relay's batch (all in flight at once); the RabbitMQ limit uses the same.
+    #[arg(long, default_value_t = 256)]
+    relay_batch: usize,
+    /// Database connections of the ingest process (its default).
+    #[arg(long, default_value_t = 16)]
+    db_max_connections: u32,
+    /// Skip the 16 × 50 MiB memory run.
+    #[arg(long)]
+    no_memory: bool,
+    /// Record a whole-machine `perf` profile during one extra small-report point.
+    #[arg(long)]
+    perf: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// e.g. http://127.0.0.1:8080/api/ingestion
+    #[arg(long)]
+    url: http::Uri,
+    /// The repository UUID (must be in the service's config).
+    #[arg(long)]
+    repo: Uuid,
+    /// The HMAC secret (as in the keys directory).
+    #[arg(long, env = "BENCH_SECRET", hide_env_values = true)]
+    secret: String,
+    #[arg(long, value_enum, default_value = "small")]
+    size: Size,
+    /// Fixed concurrency (closed loop); ignored when --rate is given.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Fixed rate in requests per second (open loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to run; ignored when --count is given.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Number of requests to send.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Load(args) => one_load(args).await,
+        }
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let settings = matrix::Settings {
+        ingest_bin: args.ingest_bin,
+        database_url: args.database_url,
+        amqp_url: args.amqp_url,
+        work_dir: args.work_dir,
+        duration: Duration::from_secs_f64(args.duration),
+        concurrency: args.concurrency,
+        sizes: args.sizes,
+        relay_batch: args.relay_batch,
+        db_max_connections: args.db_max_connections,
+        memory_run: !args.no_memory,
+        perf: args.perf,
+    };
+    let results = matrix::run(settings).await?;
+    std::fs::create_dir_all(&args.out_dir)?;
+    let markdown = results::render(&results, results.perf.as_deref());
+    let md_path = args.out_dir.join("RESULTS.md");
+    std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    let png_path = args.out_dir.join("throughput.png");
+    chart::draw(&results, &png_path)?;
+    println!("wrote {} and {}", md_path.display(), png_path.display());
+    Ok(())
+}
+
+async fn one_load(args: LoadArgs) -> anyhow::Result<()> {
+    let template = report::Template::new(args.repo, args.size.tests(), 300);
+    let target = load::Target {
+        url: args.url,
+        secret: Arc::from(args.secret.as_str()),
+        template: Arc::new(template),
+        run_prefix: format!("load-{}", Uuid::new_v4().simple()),
+    };
+    let mode = match args.rate {
+        Some(rate) => load::Mode::Rate(rate),
+        None => load::Mode::Concurrency(args.concurrency),
+    };
+    let stop = match args.count {
+        Some(count) => load::Stop::Count(count),
+        None => load::Stop::Duration(Duration::from_secs_f64(args.duration)),
+    };
+    let client = load::client(args.concurrency.max(64));
+    let outcome = load::run(&client, &target, mode, stop).await?;
+    println!(
+        "{:.1} s: {:.0} ok/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; [{}]; sent {} bytes, received {} bytes",
+        outcome.elapsed.as_secs_f64(),
+        outcome.ok_per_sec(),
+        outcome.ms(0.5),
+        outcome.ms(0.9),
+        outcome.ms(0.99),
+        outcome.ms(0.999),
+        outcome.ms(1.0),
+        outcome.status_summary(),
+        outcome.bytes_sent,
+        outcome.bytes_received,
+    );
+    Ok(())
+}
