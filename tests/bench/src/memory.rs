@@ -31,6 +31,11 @@ pub struct MemoryRun {
     /// Highest RSS seen by sampling every 20 ms (a cross-check of `VmHWM`).
     pub sampled_peak: f64,
     pub cap_mib: f64,
+    /// RSS two seconds after the last answer: what the process keeps once idle again.
+    pub settled_rss: Option<f64>,
+    /// Peak RSS of a first phase with only as many uploads as the cap admits at once
+    /// (4): if 16 peak no higher, memory does not grow with the number of uploads.
+    pub within_cap_peak: Option<f64>,
 }
 
 pub async fn run(
@@ -49,8 +54,22 @@ pub async fn run(
     };
     // Let the allocator give back what the matrix left before taking the baseline.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    procstat::reset_peak(service.pid);
     let idle_rss = procstat::rss_mib(service.pid);
+    let admitted = (config.limits.max_in_flight_bytes / body_bytes as u64).max(1);
+    procstat::reset_peak(service.pid);
+    let first = Target {
+        run_prefix: "huge-within-cap".to_owned(),
+        ..target.clone()
+    };
+    load::run(
+        client,
+        &first,
+        Mode::Concurrency(admitted as usize),
+        Stop::Count(admitted),
+    )
+    .await?;
+    let within_cap_peak = procstat::peak_rss_mib(service.pid);
+    procstat::reset_peak(service.pid);
     let pid = service.pid;
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -73,12 +92,16 @@ pub async fn run(
     .await?;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let sampled_peak = sampler.await.unwrap_or(0.0);
+    let peak_rss = procstat::peak_rss_mib(service.pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(MemoryRun {
         body_bytes,
         outcome,
         idle_rss,
-        peak_rss: procstat::peak_rss_mib(service.pid),
+        peak_rss,
         sampled_peak,
         cap_mib: config.limits.max_in_flight_bytes as f64 / 1048576.0,
+        settled_rss: procstat::rss_mib(service.pid),
+        within_cap_peak,
     })
 }

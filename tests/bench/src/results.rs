@@ -240,7 +240,9 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
             out,
             "In-flight cap (`limits.maxInFlightBytes`, default): {:.0} MiB. Idle RSS before: {} MiB; peak RSS \
              (VmHWM): {} MiB; highest sampled RSS: {:.0} MiB; peak − idle = {} × the cap. Answers: [{}]; \
-             slowest answer {:.1} s. Idle RSS of the service at start-up: {} MiB.\n",
+             slowest answer {:.1} s. Idle RSS of the service at start-up: {} MiB. \
+             Peak RSS of a first phase with only as many uploads as the cap admits at once: {} MiB. \
+             RSS 2 s after the last answer: {} MiB.\n",
             memory.cap_mib,
             mib(memory.idle_rss),
             mib(memory.peak_rss),
@@ -252,6 +254,8 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
             memory.outcome.status_summary(),
             memory.outcome.ms(1.0) / 1000.0,
             mib(results.idle_rss),
+            mib(memory.within_cap_peak),
+            mib(memory.settled_rss),
         );
     }
 
