@@ -12,8 +12,12 @@
 use std::time::Duration;
 
 use anchorpipe_crds::v1alpha1::{FINALIZER, IngestionEndpoint};
-use anchorpipe_e2e::cluster::{TestNs, condition, kubectl, kubectl_stdin};
-use anchorpipe_e2e::suffix;
+use anchorpipe_e2e::cluster::{
+    CLEANUP_TIMEOUT_SECONDS, TestNs, condition, ensure_operator, kill_operator, kubectl,
+    kubectl_stdin, operator_running, script,
+};
+use anchorpipe_e2e::kubelet::Pod as KubeletPod;
+use anchorpipe_e2e::{broker, eventually, report, suffix};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -180,7 +184,20 @@ async fn apply_creates_owned_objects_and_ready_status() {
     .unwrap();
     let ep2 = ns.wait_ready(name, READY_TIMEOUT).await;
     assert!(ep2.metadata.generation > ep.metadata.generation);
-    assert_eq!(ep2.status.unwrap().ready_replicas, Some(1));
+    // The operator copies readyReplicas from the Deployment's status, which lags the
+    // scale-down by a Deployment controller round; it must catch up.
+    let api = ns.endpoints();
+    eventually("readyReplicas 1", READY_TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let ep = api.get("orders").await.map_err(|e| e.to_string())?;
+            match ep.status.as_ref().and_then(|s| s.ready_replicas) {
+                Some(1) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
     assert!(
         ns.api::<PodDisruptionBudget>()
             .get_opt("orders-ingest")
@@ -307,5 +324,649 @@ async fn invalid_objects_are_refused_by_the_api_server() {
         .map(|e| e.name_any())
         .collect();
     assert_eq!(stored, ["good"]);
+    ns.finish().await;
+}
+
+/// The value of key `id` in the endpoint's minted Secret.
+async fn key(ns: &TestNs, secret: &str, id: &str) -> String {
+    let secret = ns.api::<Secret>().get(secret).await.unwrap();
+    let bytes = secret
+        .data
+        .unwrap()
+        .remove(id)
+        .unwrap_or_else(|| panic!("no key {id}"));
+    String::from_utf8(bytes.0).unwrap()
+}
+
+/// A Ready endpoint for a fresh tenant, and the ingest process run from its Deployment.
+struct Running {
+    name: String,
+    tenant: String,
+    repo: String,
+    queue: String,
+    key_id: String,
+    pod: KubeletPod,
+}
+
+async fn running(ns: &mut TestNs, name: &str, extra: serde_json::Value) -> Running {
+    let tenant = format!("{name}-{}", suffix());
+    let repo = repo();
+    let mut spec = json!({"tenant": tenant, "repositories": [repo], "replicas": 1});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    ns.apply(name, spec).await.unwrap();
+    let queue = format!("anchorpipe.{tenant}.reports");
+    ns.track_queue(&queue);
+    let ep = ns.wait_ready(name, READY_TIMEOUT).await;
+    let status = ep.status.unwrap();
+    assert_eq!(status.queue.as_deref(), Some(queue.as_str()));
+    let mut pod =
+        KubeletPod::from_deployment(&ns.client, &ns.name, &format!("{name}-ingest")).await;
+    pod.migrate().await;
+    pod.start().await;
+    Running {
+        name: name.to_owned(),
+        tenant,
+        repo,
+        queue,
+        key_id: status.current_key_id.unwrap(),
+        pod,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_runs_for_real_and_a_report_reaches_postgres_and_the_queue() {
+    let mut ns =
+        TestNs::new("the_pod_runs_for_real_and_a_report_reaches_postgres_and_the_queue").await;
+    let database_url = ns.platform().await;
+    let t = running(&mut ns, "shop", json!({})).await;
+
+    // The process got exactly the container's command line, mount paths and the listen
+    // address aside.
+    assert_eq!(t.pod.args[0], "serve");
+    assert!(
+        t.pod
+            .args
+            .iter()
+            .any(|a| a.ends_with("/config/config.json")),
+        "{:?}",
+        t.pod.args
+    );
+    let env: Vec<&str> = t.pod.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(env, ["DATABASE_URL", "AMQP_URL"]);
+
+    let secret = key(&ns, &format!("{}-hmac", t.name), &t.key_id).await;
+    let base = t.pod.base_url();
+    let (status, answer) = report::post(&base, &t.repo, "run-1", &secret).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["message"], "Test report received");
+    let id = answer["runId"].as_str().unwrap().to_owned();
+
+    // Not signed with the tenant's key: refused.
+    let (status, answer) = report::post(&base, &t.repo, "run-2", "not-the-key").await;
+    assert_eq!(status, 401, "{answer}");
+
+    // The row, under the tenant from the ConfigMap.
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let row: (String, String, String) =
+        sqlx::query_as("SELECT tenant, repo_id::text, run_id FROM ingestions WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(row, (t.tenant.clone(), t.repo.clone(), "run-1".to_owned()));
+    pool.close().await;
+
+    // The message, in the queue the operator declared for the tenant.
+    let (found, taken) = broker::take_until(&t.queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == id.as_str()
+    })
+    .await;
+    let message = found.unwrap_or_else(|| panic!("no message for {id} in {}: {taken:?}", t.queue));
+    assert_eq!(message["type"], "test.run.received");
+    assert_eq!(message["payload"]["runId"], "run-1");
+    assert_eq!(message["payload"]["repoId"], t.repo.as_str());
+    drop(t);
+    ns.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_reaches_the_running_pod_and_the_old_key_expires() {
+    let mut ns = TestNs::new("key_rotation_reaches_the_running_pod_and_the_old_key_expires").await;
+    ns.platform().await;
+    // The CRD's minimum rotation period is 1h; the grace period has no minimum, so a
+    // short one shows the whole life of a replaced key.
+    let grace = Duration::from_secs(15);
+    let mut t = running(
+        &mut ns,
+        "rot",
+        json!({"hmac": {"rotationPeriod": "1h", "gracePeriod": format!("{}s", grace.as_secs())}}),
+    )
+    .await;
+    let secret_name = format!("{}-hmac", t.name);
+    let base = t.pod.base_url();
+    let old = key(&ns, &secret_name, &t.key_id).await;
+    assert_eq!(report::post(&base, &t.repo, "before", &old).await.0, 200);
+    let template_before = ns
+        .api::<Deployment>()
+        .get(&format!("{}-ingest", t.name))
+        .await
+        .unwrap()
+        .spec
+        .template;
+
+    // Rotate on demand, as a person would.
+    let out = kubectl(&[
+        "annotate",
+        "-n",
+        &ns.name,
+        "ingestionendpoint",
+        &t.name,
+        "anchorpipe.dev/rotate-key=e2e-1",
+    ])
+    .await;
+    assert!(out.success, "{}", out.stderr);
+    let api = ns.endpoints();
+    let old_id = t.key_id.clone();
+    let new_id = eventually("a new current key", Duration::from_secs(30), || {
+        let api = api.clone();
+        let old_id = old_id.clone();
+        let name = t.name.clone();
+        async move {
+            let ep = api.get(&name).await.map_err(|e| e.to_string())?;
+            match ep.status.and_then(|s| s.current_key_id) {
+                Some(id) if id != old_id => Ok(id),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let rotated_at = std::time::Instant::now();
+    let new = key(&ns, &secret_name, &new_id).await;
+    // Both keys are in the Secret now; the kubelet syncs the volume.
+    t.pod.sync_volumes().await;
+    let repo = t.repo.clone();
+    let mut n = 0;
+    eventually("the new key accepted", Duration::from_secs(10), || {
+        n += 1;
+        let (base, repo, new, run) = (base.clone(), repo.clone(), new.clone(), format!("new-{n}"));
+        async move {
+            match report::post(&base, &repo, &run, &new).await {
+                (200, _) => Ok(()),
+                (s, a) => Err(format!("{s} {a}")),
+            }
+        }
+    })
+    .await;
+    let (status, answer) = report::post(&base, &t.repo, "old-in-grace", &old).await;
+    assert_eq!(status, 200, "old key during the grace period: {answer}");
+    assert!(
+        rotated_at.elapsed() < grace,
+        "the grace check came too late to mean anything"
+    );
+    assert!(t.pod.is_running(), "the ingest process restarted");
+    let template_after = ns
+        .api::<Deployment>()
+        .get(&format!("{}-ingest", t.name))
+        .await
+        .unwrap()
+        .spec
+        .template;
+    assert_eq!(
+        template_before, template_after,
+        "a rotation must not roll the pods"
+    );
+
+    // After the grace period the operator removes the old key; once the kubelet synced
+    // the volume, the old key is refused and the new one still works.
+    let secrets = ns.api::<Secret>();
+    eventually(
+        "the old key removed from the Secret",
+        grace + Duration::from_secs(30),
+        || {
+            let (secrets, secret_name, old_id) =
+                (secrets.clone(), secret_name.clone(), old_id.clone());
+            async move {
+                let s = secrets.get(&secret_name).await.map_err(|e| e.to_string())?;
+                let ids: Vec<String> = s.data.unwrap_or_default().into_keys().collect();
+                if ids.contains(&old_id) {
+                    Err(format!("{ids:?}"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+    t.pod.sync_volumes().await;
+    let mut n = 0;
+    eventually("the old key refused", Duration::from_secs(10), || {
+        n += 1;
+        let (base, repo, old, run) = (base.clone(), repo.clone(), old.clone(), format!("old-{n}"));
+        async move {
+            match report::post(&base, &repo, &run, &old).await {
+                (401, _) => Ok(()),
+                (s, a) => Err(format!("{s} {a}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(report::post(&base, &t.repo, "new-after", &new).await.0, 200);
+    assert!(t.pod.is_running(), "the ingest process restarted");
+    let reasons: Vec<String> = ns
+        .events(&t.name)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for reason in ["KeyMinted", "KeyRotated", "KeyRemoved"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} event: {reasons:?}"
+        );
+    }
+    drop(t);
+    ns.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated() {
+    let mut ns = TestNs::new("tenants_are_isolated").await;
+    ns.platform().await;
+    let a = running(&mut ns, "alpha", json!({})).await;
+    let b = running(&mut ns, "beta", json!({})).await;
+    let key_a = key(&ns, "alpha-hmac", &a.key_id).await;
+    let key_b = key(&ns, "beta-hmac", &b.key_id).await;
+    assert_ne!(key_a, key_b);
+    let (base_a, base_b) = (a.pod.base_url(), b.pod.base_url());
+
+    // A's key cannot post for B's repository: not through B's endpoint (wrong key), not
+    // through A's (not A's repository).
+    let (status, answer) = report::post(&base_b, &b.repo, "a-on-b", &key_a).await;
+    assert_eq!(status, 401, "A's key on B's endpoint: {answer}");
+    let (status, answer) = report::post(&base_a, &b.repo, "b-repo-on-a", &key_a).await;
+    assert_eq!(status, 401, "B's repository on A's endpoint: {answer}");
+
+    // A's reports reach A's queue only.
+    let (status, answer) = report::post(&base_a, &a.repo, "a-1", &key_a).await;
+    assert_eq!(status, 200, "{answer}");
+    let id_a = answer["runId"].as_str().unwrap().to_owned();
+    let (found, _) = broker::take_until(&a.queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == id_a.as_str()
+    })
+    .await;
+    assert!(found.is_some(), "A's report not in A's queue");
+    let (status, answer) = report::post(&base_b, &b.repo, "b-1", &key_b).await;
+    assert_eq!(status, 200, "{answer}");
+    let id_b = answer["runId"].as_str().unwrap().to_owned();
+    let (found, taken) = broker::take_until(&b.queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == id_b.as_str()
+    })
+    .await;
+    assert!(found.is_some(), "B's report not in B's queue");
+    assert!(
+        taken
+            .iter()
+            .all(|m| m["payload"]["repoId"] == b.repo.as_str()),
+        "B's queue held another tenant's report: {taken:?}"
+    );
+    assert_eq!(broker::depth(&b.queue).await, Some(0));
+    drop((a, b));
+    ns.finish().await;
+}
+
+/// Waits until the endpoint and everything it owned are gone.
+async fn wait_gone(ns: &TestNs, name: &str, timeout: Duration) {
+    let workload = format!("{name}-ingest");
+    let secret = format!("{name}-hmac");
+    eventually(&format!("{name} and its objects deleted"), timeout, || {
+        let (eps, deps, secrets, cms, svcs) = (
+            ns.endpoints(),
+            ns.api::<Deployment>(),
+            ns.api::<Secret>(),
+            ns.api::<ConfigMap>(),
+            ns.api::<Service>(),
+        );
+        let (workload, secret) = (workload.clone(), secret.clone());
+        async move {
+            let left = [
+                (
+                    "IngestionEndpoint",
+                    eps.get_opt(name).await.map(|o| o.is_some()),
+                ),
+                (
+                    "Deployment",
+                    deps.get_opt(&workload).await.map(|o| o.is_some()),
+                ),
+                (
+                    "Secret",
+                    secrets.get_opt(&secret).await.map(|o| o.is_some()),
+                ),
+                (
+                    "ConfigMap",
+                    cms.get_opt(&workload).await.map(|o| o.is_some()),
+                ),
+                (
+                    "Service",
+                    svcs.get_opt(&workload).await.map(|o| o.is_some()),
+                ),
+            ];
+            let present: Vec<&str> = left
+                .iter()
+                .filter(|(_, r)| !matches!(r, Ok(false)))
+                .map(|(k, _)| *k)
+                .collect();
+            if present.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {present:?}"))
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_collects_owned_objects_and_honours_the_deletion_policy() {
+    let mut ns =
+        TestNs::new("deletion_collects_owned_objects_and_honours_the_deletion_policy").await;
+    ns.platform().await;
+    let (keep_tenant, drop_tenant) = (format!("keep-{}", suffix()), format!("drop-{}", suffix()));
+    ns.apply(
+        "keep",
+        json!({"tenant": keep_tenant, "repositories": [repo()], "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    ns.apply(
+        "drop",
+        json!({"tenant": drop_tenant, "repositories": [repo()], "replicas": 1,
+               "queue": {"deletionPolicy": "Delete"}}),
+    )
+    .await
+    .unwrap();
+    let keep_queue = format!("anchorpipe.{keep_tenant}.reports");
+    let drop_queue = format!("anchorpipe.{drop_tenant}.reports");
+    ns.track_queue(&keep_queue);
+    ns.track_queue(&drop_queue);
+    ns.wait_ready("keep", READY_TIMEOUT).await;
+    ns.wait_ready("drop", READY_TIMEOUT).await;
+    assert!(broker::depth(&keep_queue).await.is_some());
+    assert!(broker::depth(&drop_queue).await.is_some());
+
+    // As a person would: kubectl waits for the finalizer.
+    let out = kubectl(&[
+        "delete",
+        "-n",
+        &ns.name,
+        "ingestionendpoint",
+        "keep",
+        "drop",
+        "--timeout=60s",
+    ])
+    .await;
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    wait_gone(&ns, "keep", Duration::from_secs(60)).await;
+    wait_gone(&ns, "drop", Duration::from_secs(60)).await;
+    assert!(
+        broker::depth(&keep_queue).await.is_some(),
+        "Retain removed the queue"
+    );
+    assert!(broker::depth(&format!("{keep_queue}.dlq")).await.is_some());
+    assert_eq!(
+        broker::depth(&drop_queue).await,
+        None,
+        "Delete kept the queue"
+    );
+    assert_eq!(broker::depth(&format!("{drop_queue}.dlq")).await, None);
+    let keep_events: Vec<String> = ns
+        .events("keep")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let drop_events: Vec<String> = ns
+        .events("drop")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        keep_events.iter().any(|r| r == "QueueRetained"),
+        "{keep_events:?}"
+    );
+    assert!(
+        drop_events.iter().any(|r| r == "QueueDeleted"),
+        "{drop_events:?}"
+    );
+    ns.finish().await;
+}
+
+/// Starts the broker again when dropped, even if the test failed half-way.
+struct BrokerBack;
+
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services.sh");
+        let ok = std::process::Command::new(script)
+            .arg("broker-start")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("e2e: could not restart the broker; run scripts/services.sh broker-start");
+        }
+    }
+}
+
+/// Brings the API server back when dropped, even if the test failed half-way.
+struct ApiServerBack;
+
+impl Drop for ApiServerBack {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
+        let ok = std::process::Command::new(script)
+            .arg("up")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("e2e: could not bring the cluster back; run scripts/cluster.sh up");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_with_the_broker_down_is_bounded_and_observable() {
+    let mut ns = TestNs::exclusive("deletion_with_the_broker_down_is_bounded_and_observable").await;
+    ns.platform().await;
+    let tenant = format!("down-{}", suffix());
+    ns.apply(
+        "down",
+        json!({"tenant": tenant, "repositories": [repo()], "replicas": 1,
+               "queue": {"deletionPolicy": "Delete"}}),
+    )
+    .await
+    .unwrap();
+    let queue = format!("anchorpipe.{tenant}.reports");
+    ns.track_queue(&queue);
+    ns.wait_ready("down", READY_TIMEOUT).await;
+
+    let back = BrokerBack;
+    script("services.sh", &["broker-stop"]);
+    let started = std::time::Instant::now();
+    ns.endpoints()
+        .delete("down", &Default::default())
+        .await
+        .unwrap();
+    // Observable: the finalizer holds while the operator says why and for how long.
+    eventually(
+        "a BrokerCleanupFailed event",
+        Duration::from_secs(30),
+        || async {
+            let events = ns.events("down").await;
+            let ep = ns
+                .endpoints()
+                .get_opt("down")
+                .await
+                .map_err(|e| e.to_string())?;
+            let held = ep.is_some_and(|ep| {
+                ep.metadata.deletion_timestamp.is_some()
+                    && ep.finalizers().iter().any(|f| f == FINALIZER)
+            });
+            match events.iter().find(|(r, _)| r == "BrokerCleanupFailed") {
+                Some((_, note)) if held => Ok(note.clone()),
+                _ => Err(format!("held {held}, events {events:?}")),
+            }
+        },
+    )
+    .await;
+    // Bounded: released after the operator's cleanup timeout.
+    let limit = Duration::from_secs(CLEANUP_TIMEOUT_SECONDS + 30);
+    wait_gone(&ns, "down", limit).await;
+    let took = started.elapsed();
+    eprintln!("e2e: deletion with the broker down released after {took:?}");
+    assert!(
+        took >= Duration::from_secs(CLEANUP_TIMEOUT_SECONDS - 1),
+        "released before the timeout: {took:?}"
+    );
+    let events = ns.events("down").await;
+    assert!(
+        events.iter().any(|(r, _)| r == "BrokerCleanupAbandoned"),
+        "{events:?}"
+    );
+    drop(back);
+    // The queue was left behind (and said so); the test removes it.
+    assert!(broker::depth(&queue).await.is_some());
+    ns.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_and_apiserver_restarts_converge() {
+    let mut ns = TestNs::exclusive("operator_and_apiserver_restarts_converge").await;
+    ns.platform().await;
+    let (one, two) = (format!("one-{}", suffix()), format!("two-{}", suffix()));
+    ns.track_queue(&format!("anchorpipe.{one}.reports"));
+    ns.track_queue(&format!("anchorpipe.{two}.reports"));
+    let repo_one = repo();
+    ns.apply(
+        "one",
+        json!({"tenant": one, "repositories": [repo_one], "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    // Kill the operator as soon as the first reconcile has minted the key, before it
+    // could finish (status, topology, events).
+    let secrets = ns.api::<Secret>();
+    let minted = eventually("the key Secret", Duration::from_secs(30), || {
+        let secrets = secrets.clone();
+        async move {
+            match secrets.get_opt("one-hmac").await {
+                Ok(Some(s)) => Ok(s),
+                other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+            }
+        }
+    })
+    .await;
+    assert!(kill_operator(), "the operator was not running");
+    let keys: Vec<String> = minted.data.unwrap_or_default().into_keys().collect();
+    let was_ready = ns.endpoints().get("one").await.unwrap();
+    eprintln!(
+        "e2e: killed the operator; Ready then: {:?}",
+        condition(&was_ready, "Ready")
+    );
+
+    // Changes while it is down.
+    ns.apply(
+        "one",
+        json!({"tenant": one, "repositories": [repo_one], "replicas": 2}),
+    )
+    .await
+    .unwrap();
+    ns.apply(
+        "two",
+        json!({"tenant": two, "repositories": [repo()], "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    ensure_operator();
+    let ep = ns.wait_ready("one", READY_TIMEOUT).await;
+    ns.wait_ready("two", READY_TIMEOUT).await;
+    let status = ep.status.unwrap();
+    assert_eq!(
+        status.current_key_id.as_ref(),
+        keys.first(),
+        "the key minted before the kill must be kept"
+    );
+    let now: Vec<String> = ns
+        .api::<Secret>()
+        .get("one-hmac")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert_eq!(now, keys, "keys changed across the operator restart");
+
+    // Restart the API server (SIGKILL) under the running operator.
+    let back = ApiServerBack;
+    let restart = std::time::Instant::now();
+    script("cluster.sh", &["restart-apiserver", "--kill"]);
+    eprintln!("e2e: API server restarted in {:?}", restart.elapsed());
+    drop(back);
+    let two_key = ns
+        .endpoints()
+        .get("two")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .current_key_id
+        .unwrap();
+    ns.apply(
+        "one",
+        json!({"tenant": one, "repositories": [repo_one], "replicas": 1}),
+    )
+    .await
+    .unwrap();
+    let out = kubectl(&[
+        "annotate",
+        "-n",
+        &ns.name,
+        "ie",
+        "two",
+        "anchorpipe.dev/rotate-key=after-restart",
+    ])
+    .await;
+    assert!(out.success, "{}", out.stderr);
+    let survived = operator_running();
+    eprintln!("e2e: operator survived the API server restart: {survived}");
+    if !survived {
+        // It exits when it cannot renew its Lease; its Deployment would restart it.
+        ensure_operator();
+    }
+    ns.wait_ready("one", READY_TIMEOUT).await;
+    let api = ns.endpoints();
+    eventually("two rotated after the restart", READY_TIMEOUT, || {
+        let (api, two_key) = (api.clone(), two_key.clone());
+        async move {
+            let ep = api.get("two").await.map_err(|e| e.to_string())?;
+            let current = ep.status.as_ref().and_then(|s| s.current_key_id.clone());
+            if anchorpipe_e2e::cluster::is_ready(&ep) && current.as_ref() != Some(&two_key) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", ep.status))
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "e2e: converged {:?} after the API server restart began",
+        restart.elapsed()
+    );
+    assert!(
+        survived,
+        "the operator exited during a short API server restart"
+    );
     ns.finish().await;
 }
