@@ -84,6 +84,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<DeliveryHealth>,
     body_budget: Arc<Semaphore>,
+    /// Large bodies verified and parsed at once (one per core).
+    cpu_slots: Arc<Semaphore>,
     /// How long a request waits for in-flight budget before a 503 ([`BUDGET_WAIT`]).
     pub budget_wait: Duration,
     /// Benchmark-only: answer 200 right after the signature verified. Never on by default.
@@ -111,6 +113,9 @@ impl AppState {
             delivery,
             body_budget: Arc::new(Semaphore::new(budget_units)),
             budget_wait: BUDGET_WAIT,
+            cpu_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )),
             verify_only: false,
         })
     }
@@ -361,6 +366,19 @@ async fn handle(
         read_body(body, limit, declared, &state.body_budget, state.budget_wait).await?;
 
     let blocking = bytes.len() > BLOCKING_THRESHOLD;
+    // Large bodies take a CPU slot for verification and parsing: the cores can only
+    // work on that many at once anyway, and each parse holds a parsed copy of its body,
+    // so the slots bound that memory while the byte budget bounds the raw bodies.
+    let _cpu = if blocking {
+        Some(
+            Arc::clone(&state.cpu_slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::Internal("CPU slots closed"))?,
+        )
+    } else {
+        None
+    };
     let verified = {
         let (claim, keys, bytes) = (claim.clone(), Arc::clone(&keys), bytes.clone());
         let verify = move || signature::verify(&claim, &keys, &bytes).map(str::to_owned);
