@@ -111,6 +111,8 @@ pub struct Results {
     pub sizes: Vec<SizeResults>,
     pub memory: Option<MemoryRun>,
     pub idle_rss: Option<f64>,
+    /// RSS of the service after the whole matrix, before the memory run.
+    pub retained_rss: Option<f64>,
     /// `perf report` of the profiled point, when asked for and `perf` works here.
     pub perf: Option<String>,
 }
@@ -621,8 +623,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         sizes.push(results);
     }
 
+    // What the long-running service kept resident after the whole matrix.
+    let retained_rss = procstat::rss_mib(service.pid);
     let memory = if settings.memory_run {
-        progress("memory: 16 concurrent ~50 MiB uploads against the in-flight cap");
+        // A fresh process, so the memory run starts from idle rather than from whatever
+        // the matrix left resident (reported separately as `retained_rss`).
+        service.stop().await;
+        service = Ingest::start(&settings, &dir, "ingest-memory", &database_url, false).await?;
+        service.wait_ready(&client).await?;
+        progress(&format!(
+            "memory: RSS retained after the matrix {:.0} MiB; fresh ingest pid {}; 4 then 16 concurrent ~50 MiB uploads",
+            retained_rss.unwrap_or(0.0),
+            service.pid
+        ));
         let run = memory::run(&client, &service, repo, &config).await?;
         progress(&format!(
             "  memory: [{}] peak RSS {:.0} MiB (cap {:.0} MiB), slowest answer {:.1} s",
@@ -651,6 +664,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         sizes,
         memory,
         idle_rss,
+        retained_rss,
         perf,
     })
 }

@@ -267,7 +267,8 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
              (VmHWM): {} MiB; highest sampled RSS: {:.0} MiB; peak − idle = {} × the cap. Answers: [{}]; \
              slowest answer {:.1} s. Idle RSS of the service at start-up: {} MiB. \
              Peak RSS of a first phase with only as many uploads as the cap admits at once: {} MiB. \
-             RSS 2 s after the last answer: {} MiB.\n",
+             RSS 2 s after the last answer: {} MiB. (The matrix's long-running service held {} MiB \
+             resident when it ended; the memory run uses a fresh process.)\n",
             memory.cap_mib,
             mib(memory.idle_rss),
             mib(memory.peak_rss),
@@ -281,6 +282,7 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
             mib(results.idle_rss),
             mib(memory.within_cap_peak),
             mib(memory.settled_rss),
+            mib(results.retained_rss),
         );
     }
 
