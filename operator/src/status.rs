@@ -42,6 +42,12 @@ impl Check {
 }
 
 /// Whether the ingest pods serve: at least one ready pod of the current rollout.
+///
+/// A Deployment's status lags its spec: right after the operator applies a change the
+/// status still describes the previous generation (after scaling 2→1 it still counts 2
+/// ready pods of the old size). As `kubectl rollout status` does, the status is only
+/// trusted once the Deployment controller has observed the current generation and every
+/// desired pod runs the current template; until then the endpoint is `RollingOut`.
 pub fn availability(deployment: Option<&Deployment>, desired: i32) -> (Check, i32) {
     let Some(status) = deployment.and_then(|d| d.status.as_ref()) else {
         return (
@@ -53,6 +59,29 @@ pub fn availability(deployment: Option<&Deployment>, desired: i32) -> (Check, i3
         );
     };
     let ready = status.ready_replicas.unwrap_or(0);
+    let generation = deployment.and_then(|d| d.metadata.generation).unwrap_or(0);
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed < generation {
+        return (
+            Check::failed(
+                "RollingOut",
+                format!(
+                    "waiting for the ingest Deployment to observe generation {generation} (it reports {observed})"
+                ),
+            ),
+            ready,
+        );
+    }
+    let updated = status.updated_replicas.unwrap_or(0);
+    if updated != desired {
+        return (
+            Check::failed(
+                "RollingOut",
+                format!("{updated}/{desired} ingest pods run the current configuration"),
+            ),
+            ready,
+        );
+    }
     let available =
         status.conditions.iter().flatten().any(|c| {
             c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
@@ -150,14 +179,32 @@ pub fn invalid(
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn now() -> Timestamp {
         "2026-05-01T12:00:00Z".parse().unwrap()
     }
 
+    /// A Deployment of `desired` pods whose status has caught up with its spec.
     fn deployment(ready: i32, available: bool) -> Deployment {
+        rollout(3, 3, 2, ready, available)
+    }
+
+    fn rollout(
+        generation: i64,
+        observed: i64,
+        updated: i32,
+        ready: i32,
+        available: bool,
+    ) -> Deployment {
         Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
             status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                updated_replicas: Some(updated),
                 ready_replicas: Some(ready),
                 conditions: Some(vec![DeploymentCondition {
                     type_: Some("Available".into()),
@@ -182,6 +229,31 @@ mod tests {
             let (check, n) = availability(d.as_ref(), 2);
             assert_eq!((check.ok, n), (ok, ready), "{check:?}");
         }
+    }
+
+    #[test]
+    fn a_status_that_has_not_caught_up_is_not_trusted() {
+        // Scaled 2→1: the Deployment controller has not seen generation 4 yet and still
+        // reports the two ready pods of generation 3.
+        let (check, ready) = availability(Some(&rollout(4, 3, 2, 2, true)), 1);
+        assert!(!check.ok, "{check:?}");
+        assert_eq!(check.reason, "RollingOut");
+        assert_eq!(ready, 2);
+        // Observed, but the surplus pod is still counted as updated.
+        let (check, _) = availability(Some(&rollout(4, 4, 2, 2, true)), 1);
+        assert_eq!((check.ok, check.reason), (false, "RollingOut"));
+        // A template change half rolled out: old pods serve, the new ones are not all up.
+        let (check, _) = availability(Some(&rollout(5, 5, 1, 2, true)), 2);
+        assert_eq!((check.ok, check.reason), (false, "RollingOut"));
+        // Settled.
+        let (check, ready) = availability(Some(&rollout(4, 4, 1, 1, true)), 1);
+        assert_eq!((check.ok, ready), (true, 1), "{check:?}");
+        // A Deployment that never reported a generation is still waited for.
+        let mut unobserved = rollout(1, 1, 1, 1, true);
+        if let Some(s) = unobserved.status.as_mut() {
+            s.observed_generation = None;
+        }
+        assert!(!availability(Some(&unobserved), 1).0.ok);
     }
 
     #[test]

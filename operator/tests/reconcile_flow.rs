@@ -201,10 +201,15 @@ impl Harness {
         self.store.lock().unwrap().now = now.to_string();
     }
 
+    /// What the Deployment controller reports once it has rolled out the current spec
+    /// and `ready` pods pass their readiness probe.
     fn set_deployment_ready(&self, ready: i64) {
         let mut store = self.store.lock().unwrap();
         let d = store.objects.get_mut(DEPLOYMENT).unwrap();
         d["status"] = json!({
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": d["spec"]["replicas"],
+            "updatedReplicas": d["spec"]["replicas"],
             "readyReplicas": ready,
             "conditions": [{"type": "Available", "status": if ready > 0 { "True" } else { "False" }}]
         });
@@ -355,6 +360,36 @@ async fn create_builds_every_object_and_becomes_ready() {
         .filter(|(m, p)| *m == Method::POST && !p.ends_with("/events"))
         .count();
     assert_eq!(posts, 0);
+}
+
+#[tokio::test]
+async fn scaling_is_not_ready_until_the_deployment_status_catches_up() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    h.set_deployment_ready(2);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("Ready").0, "True");
+
+    // Scale 2→1: the applied Deployment has a new generation, its status still counts
+    // the two ready pods of the old one.
+    let mut s = spec();
+    s["replicas"] = json!(1);
+    h.put(s, json!({}));
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.condition("Available"),
+        ("False".into(), "RollingOut".into())
+    );
+    assert_eq!(h.condition("Ready"), ("False".into(), "RollingOut".into()));
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["observedGeneration"], 2);
+
+    // The Deployment controller catches up: ready for generation 2.
+    h.set_deployment_ready(1);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("Ready"), ("True".into(), "Ready".into()));
+    assert_eq!(h.get(IE).unwrap()["status"]["readyReplicas"], 1);
 }
 
 #[tokio::test]

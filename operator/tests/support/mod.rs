@@ -221,6 +221,13 @@ impl Store {
                         if let Some(status) = old.get("status") {
                             obj["status"] = status.clone();
                         }
+                        // As the API server does: a new spec is a new generation, which
+                        // the (stale) status has not observed yet.
+                        if old.get("spec") != obj.get("spec")
+                            && let Some(g) = old["metadata"]["generation"].as_i64()
+                        {
+                            obj["metadata"]["generation"] = json!(g + 1);
+                        }
                     }
                     None => self.stamp_new(&mut obj, &path),
                 }
