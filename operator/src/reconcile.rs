@@ -9,7 +9,8 @@
 //! Objects are built by the pure functions in [`crate::builders`] and [`crate::keys`] and
 //! written with server-side apply under one field manager. Errors are sorted by
 //! [`Error::is_permanent`]: permanent ones wait for the object to change, transient ones
-//! are retried with a per-object exponential backoff. An object that does not even
+//! are retried after a per-object delay that grows with how long the object has been
+//! failing (see [`retry_delay`]). An object that does not even
 //! deserialize is reported through an Event and left alone, so it cannot block others.
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,10 +51,24 @@ use crate::status::{self, Check};
 /// The current time; injected so tests can move it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
-/// First retry delay after a transient error; doubled per consecutive failure.
-const BACKOFF_BASE: Duration = Duration::from_secs(5);
-/// Longest retry delay: a broker or API outage is retried at least every 5 minutes.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Shortest retry delay after a transient error: what a failing object costs at most is
+/// one reconcile per 5 s.
+const BACKOFF_MIN: Duration = Duration::from_secs(5);
+/// Longest retry delay: an endpoint is Ready again at most a minute after a broker or API
+/// outage ends, however long it lasted.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// How long to wait before retrying an object that has been failing for `failing_for`.
+///
+/// The delay grows with time, not with the number of failures: a failed reconcile writes
+/// status and Events, and owned objects change, so one outage can fail the same object
+/// many times within a second. Counting those failures made the delay 300 s after a
+/// 0.4 s broker blip. Waiting as long again as the streak has lasted (within
+/// [`BACKOFF_MIN`]..=[`BACKOFF_MAX`]) still halves the retry rate per retry during a long
+/// outage, and notices the recovery within the outage's own length.
+pub fn retry_delay(failing_for: Duration) -> Duration {
+    failing_for.clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
 
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
@@ -67,7 +82,8 @@ pub struct Context {
     pub cleanup_timeout: Duration,
     /// Periodic re-check of a healthy endpoint (drift, referenced Secrets).
     pub resync: Duration,
-    failures: Mutex<HashMap<String, u32>>,
+    /// When each object's current streak of transient failures began.
+    failing_since: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Context {
@@ -93,7 +109,7 @@ impl Context {
             clock,
             cleanup_timeout,
             resync,
-            failures: Mutex::new(HashMap::new()),
+            failing_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -119,24 +135,21 @@ impl Context {
     }
 
     fn next_backoff(&self, key: &str) -> Duration {
-        let mut failures = match self.failures.lock() {
+        let now = (self.clock)();
+        let mut failing_since = match self.failing_since.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        let delay = BACKOFF_BASE
-            .saturating_mul(2u32.saturating_pow(*n))
-            .min(BACKOFF_MAX);
-        *n = n.saturating_add(1);
-        delay
+        let since = *failing_since.entry(key.to_owned()).or_insert(now);
+        retry_delay(Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO))
     }
 
     fn reset_backoff(&self, key: &str) {
-        let mut failures = match self.failures.lock() {
+        let mut failing_since = match self.failing_since.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        failures.remove(key);
+        failing_since.remove(key);
     }
 }
 
@@ -168,7 +181,7 @@ pub async fn reconcile(
 }
 
 /// The controller's error policy: permanent errors wait for a change to the object,
-/// transient ones retry with exponential backoff per object.
+/// transient ones retry after [`retry_delay`] for how long the object has been failing.
 pub fn error_policy(
     obj: Arc<DeserializeGuard<IngestionEndpoint>>,
     error: &Error,
@@ -827,5 +840,25 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_follows_the_length_of_the_streak() {
+        let secs = Duration::from_secs;
+        // Many failures within the first second still wait the minimum.
+        assert_eq!(retry_delay(Duration::ZERO), secs(5));
+        assert_eq!(retry_delay(Duration::from_millis(400)), secs(5));
+        // Then as long again as the object has been failing...
+        assert_eq!(retry_delay(secs(5)), secs(5));
+        assert_eq!(retry_delay(secs(10)), secs(10));
+        assert_eq!(retry_delay(secs(40)), secs(40));
+        // ...but never more than a minute.
+        assert_eq!(retry_delay(secs(61)), secs(60));
+        assert_eq!(retry_delay(secs(86_400)), secs(60));
     }
 }
