@@ -59,6 +59,20 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether the API server refused to create an object because its namespace is being
+/// deleted. Retrying cannot succeed: the namespace's deletion reaches the endpoint too,
+/// and that change starts the cleanup.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    // The NamespaceLifecycle admission plugin answers 403 with this cause; the message is
+    // checked too for API servers that leave the cause out.
+    status.code == 403
+        && (status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+            || status.message.contains("because it is being terminated"))
+}
+
 impl Error {
     /// Whether retrying without a change to the object is pointless.
     pub fn is_permanent(&self) -> bool {
@@ -70,7 +84,9 @@ impl Error {
             | Error::MissingMetadata(_) => true,
             // 400/422: the API server refused what we built from the spec, e.g. an image
             // reference it cannot accept; resubmitting the same object fails the same way.
-            Error::Kube(kube::Error::Api(status)) => matches!(status.code, 400 | 422),
+            Error::Kube(kube::Error::Api(status)) => {
+                matches!(status.code, 400 | 422) || namespace_terminating(status)
+            }
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_permanent(),
@@ -90,5 +106,47 @@ impl Error {
             },
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: serde_json::Value) -> Error {
+        let status: kube::core::Status = serde_json::from_value(status).unwrap_or_default();
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    fn terminating() -> Error {
+        api_error(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+            "reason": "Forbidden",
+            "message": "secrets \"acme-hmac\" is forbidden: unable to create new content in namespace tenants because it is being terminated",
+            "details": {"name": "acme-hmac", "kind": "secrets",
+                        "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                    "message": "namespace tenants is being terminated"}]}
+        }))
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_waited_out_not_retried() {
+        assert!(terminating().is_permanent());
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
+            terminating(),
+        )));
+        assert!(wrapped.is_permanent());
+        // Without the cause, by the message alone.
+        let bare = api_error(serde_json::json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "unable to create new content in namespace tenants because it is being terminated"
+        }));
+        assert!(bare.is_permanent());
+        // Other refusals stay transient: RBAC can be fixed without touching the object.
+        let rbac = api_error(serde_json::json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "secrets is forbidden: User \"system:serviceaccount:x:y\" cannot create resource"
+        }));
+        assert!(!rbac.is_permanent());
     }
 }

@@ -573,6 +573,24 @@ async fn broker_down_is_reported_and_retried_with_backoff() {
 }
 
 #[tokio::test]
+async fn a_namespace_being_deleted_is_not_retried() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    // The finalizer is added (an update, still allowed), then the namespace starts
+    // terminating before the first objects are created.
+    assert_eq!(h.reconcile().await.unwrap(), Action::await_change());
+    h.store.lock().unwrap().terminating.push(NS.into());
+
+    let err = h.reconcile().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        error_policy(h.guard(), &err, h.ctx.clone()),
+        Action::await_change()
+    );
+    assert!(h.get(SECRET).is_none());
+}
+
+#[tokio::test]
 async fn deletion_with_broker_down_is_bounded() {
     let h = Harness::new();
     let mut s = spec();

@@ -59,6 +59,9 @@ pub struct Store {
     pub resource_version: u64,
     /// What the server stamps as creation and deletion time.
     pub now: String,
+    /// Namespaces being deleted: creating objects in them is refused, as the
+    /// NamespaceLifecycle admission plugin does.
+    pub terminating: Vec<String>,
 }
 
 pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
@@ -154,6 +157,13 @@ impl Store {
         }
     }
 
+    fn is_terminating(&self, path: &str) -> bool {
+        let mut parts = path.split('/').skip_while(|s| *s != "namespaces");
+        parts
+            .nth(1)
+            .is_some_and(|ns| self.terminating.iter().any(|t| t == ns))
+    }
+
     pub fn handle(
         &mut self,
         method: Method,
@@ -192,6 +202,20 @@ impl Store {
                 self.bump(&mut obj);
                 self.objects.insert(path, obj.clone());
                 (StatusCode::CREATED, obj)
+            }
+            Method::PATCH if !self.objects.contains_key(&path) && self.is_terminating(&path) => {
+                let namespace = path.split('/').skip_while(|s| *s != "namespaces").nth(1);
+                let namespace = namespace.unwrap_or_default();
+                let message = format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                );
+                (
+                    StatusCode::FORBIDDEN,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                           "reason": "Forbidden", "message": message,
+                           "details": {"causes": [{"reason": "NamespaceTerminating",
+                                                   "field": "metadata.namespace", "message": message}]}}),
+                )
             }
             Method::PATCH if content_type.starts_with("application/apply-patch") => {
                 if subresource {
