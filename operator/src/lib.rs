@@ -3,7 +3,7 @@
 //! - [`reconcile`]: the pipeline (finalizer → validate → keys → objects → broker → status).
 //! - [`keys`], [`builders`], [`status`]: the pure decisions it is made of.
 //! - [`broker`]: the broker step behind a trait (AMQP in production, fakes in tests).
-//! - [`leader`], [`http`], [`metrics`], [`run`]: running it as a replicated service.
+//! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 
 pub mod broker;
@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::core::DeserializeGuard;
-use kube::runtime::{Controller, watcher};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, error, info, warn};
 
@@ -23,6 +23,7 @@ use crate::http::{HttpState, router};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
+use crate::watch;
 
 /// Everything `run` needs, parsed once at start-up.
 #[derive(Debug, Clone)]
@@ -78,13 +79,27 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.resync,
     ));
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let controller = Controller::new(
-        Api::<DeserializeGuard<IngestionEndpoint>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+    let (reader, writer) = reflector::store();
+    let controller = Controller::for_stream(
+        watch::primary(
+            Api::<DeserializeGuard<IngestionEndpoint>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            writer,
+        ),
+        reader,
     )
-    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-    .owns(Api::<Secret>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned)
+    .owns_stream(watch::owned(
+        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+        owned.clone(),
+    ))
+    .owns_stream(watch::owned(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        owned.clone(),
+    ))
+    .owns_stream(watch::owned(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        owned,
+    ))
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -93,7 +108,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
             Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
                 debug!(%object, "endpoint gone");
             }
-            // Reconcile errors were logged by the error policy already.
+            // Reconcile errors were logged by the error policy already, watch errors by
+            // their watch.
             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
             Err(error) => warn!(%error, "controller stream error"),
             Ok(_) => {}
