@@ -71,8 +71,19 @@ fn header(repo: Uuid, run_id: String) -> ReportHeader {
 }
 
 /// The three-row transaction of one accepted report, `concurrency` at a time.
+/// A pool of one connection per worker. The caller closes it after the CPU snapshot:
+/// a closed connection's backend exits and its CPU time leaves `/proc` with it.
+pub async fn pg_pool(database_url: &str, concurrency: usize) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(u32::try_from(concurrency).unwrap_or(u32::MAX))
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(database_url)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
 pub async fn postgres(
-    database_url: &str,
+    pool: &sqlx::PgPool,
     tenant: &str,
     topology: &BrokerTopology,
     template: &Template,
@@ -80,12 +91,6 @@ pub async fn postgres(
     duration: Duration,
     run_prefix: &str,
 ) -> anyhow::Result<Measured> {
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(concurrency).unwrap_or(u32::MAX))
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -140,7 +145,6 @@ pub async fn postgres(
         total.failed += failed;
     }
     total.elapsed = started.elapsed();
-    pool.close().await;
     Ok(total)
 }
 

@@ -511,11 +511,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 load::run(&client, &floor_target, mode, stop),
             )
             .await?;
+            let pg_pool = limits::pg_pool(&database_url, concurrency).await?;
             let (postgres, postgres_cpu, _) = measured(
                 &pids,
                 service.pid,
                 limits::postgres(
-                    &database_url,
+                    &pg_pool,
                     pg_tenant,
                     &config.broker,
                     &template,
@@ -525,6 +526,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 ),
             )
             .await?;
+            pg_pool.close().await;
             let e2e_target = Target {
                 url: service.url()?,
                 secret: Arc::from(SECRET),
@@ -685,8 +687,9 @@ async fn without_notify(
         .execute(pool)
         .await?;
     for &concurrency in settings.concurrency.iter().filter(|c| **c > 1) {
+        let pg_pool = limits::pg_pool(database_url, concurrency).await?;
         let measured = limits::postgres(
-            database_url,
+            &pg_pool,
             "benchpg",
             topology,
             template,
@@ -695,6 +698,7 @@ async fn without_notify(
             &format!("nonotify-c{concurrency}"),
         )
         .await;
+        pg_pool.close().await;
         match measured {
             Ok(m) => {
                 progress(&format!(
