@@ -165,9 +165,13 @@ pub fn plan(
     let mut minted = None;
     if let Some(reason) = reason {
         // Keep ids strictly increasing even if the clock went back or two rotations
-        // land in the same second: the newest id must be the current key.
+        // land in the same second: the newest id must be the current key. Ids carry
+        // whole seconds, so `now` within the second after `prev` would give an id of
+        // the same second, ordered by its random suffix only.
         let at = match newest {
-            Some(prev) if prev >= now => add(prev, Duration::from_secs(1)),
+            Some(prev) if add(prev, Duration::from_secs(1)) > now => {
+                add(prev, Duration::from_secs(1))
+            }
             _ => now,
         };
         let (id, value) = mint(at)?;
@@ -369,6 +373,20 @@ mod tests {
         let existing = BTreeMap::from([(future.clone(), "v".to_owned())]);
         let plan = plan(&existing, None, Some("r"), policy(), at(1.0), mint).unwrap();
         assert!(plan.current > future);
+    }
+
+    #[test]
+    fn a_rotation_within_the_second_of_the_last_mint_still_sorts_last() {
+        // The first key's id says 17:43:00 (whole seconds); a rotation at 17:43:00.900
+        // must not mint another 17:43:00 id that a random suffix could sort first.
+        let first = key_id(t0(), [0xff, 0xff, 0xff]);
+        let existing = BTreeMap::from([(first.clone(), "v".to_owned())]);
+        let now = add(t0(), Duration::from_millis(900));
+        let low_suffix = |at| Ok((key_id(at, [0, 0, 0]), "new".to_owned()));
+        let plan = plan(&existing, None, Some("r"), policy(), now, low_suffix).unwrap();
+        assert_eq!(plan.minted.as_ref().map(|(id, _)| id), Some(&plan.current));
+        assert!(plan.current > first, "{} <= {first}", plan.current);
+        assert_eq!(plan.keys.len(), 2);
     }
 
     #[test]
