@@ -306,6 +306,17 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_grace_period_is_allowed_and_revokes_at_once() {
+        // Deliberately no minimum: `0s` is how an owner retires a leaked key on rotation.
+        let hmac = HmacSpec {
+            grace_period: Some("0s".into()),
+            ..HmacSpec::default()
+        };
+        let policy = rotation_policy(&hmac).unwrap().unwrap();
+        assert_eq!(policy.grace_period, Duration::ZERO);
+    }
+
+    #[test]
     fn minimal_spec_gets_documented_defaults() {
         let spec = spec();
         assert_eq!(spec.replicas, 2);

@@ -205,7 +205,9 @@ pub struct HmacSpec {
     pub rotation_period: Option<String>,
 
     /// How long the previous key keeps verifying after a new one is minted, e.g. `24h`.
-    /// Defaults to 24h. Must be shorter than rotationPeriod.
+    /// Defaults to 24h. Must be shorter than rotationPeriod. `0s` revokes the previous
+    /// key at once (after a leak, say): clients still signing with it are refused until
+    /// they use the new key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub grace_period: Option<String>,
