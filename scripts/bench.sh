@@ -3,7 +3,7 @@
 # scripts/services.sh), builds the release binaries, runs the scenario matrix and writes
 # tests/bench/RESULTS.md and tests/bench/throughput.png.
 #
-#   scripts/bench.sh                    the full matrix (about 8–10 minutes on 2 cores)
+#   scripts/bench.sh                    the full matrix (~4.5 min of measuring on 2 cores, plus the build)
 #   scripts/bench.sh --duration 2       shorter points; any anchorpipe-bench `run` flag works
 #
 # The load generator runs on the same machine as the services, as a CI runner next to
