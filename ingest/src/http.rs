@@ -71,6 +71,9 @@ pub struct DeliveryHealth {
     pub relay_enabled: AtomicBool,
     pub backlog_rows: AtomicU64,
     pub oldest_age_secs: AtomicU64,
+    /// Wakes this process's relay right after a report was committed. `Notify` keeps a
+    /// wake-up that arrives while the relay is busy, so none is lost.
+    pub wake: tokio::sync::Notify,
 }
 
 /// Everything a request handler needs.
@@ -457,6 +460,9 @@ async fn handle(
                 retry_after_secs: 5,
             }
         })?;
+    if matches!(stored, Stored::Accepted { .. }) {
+        state.delivery.wake.notify_one();
+    }
     Ok((Some(stored), decision))
 }
 

@@ -11,9 +11,10 @@
 //!   `next_attempt_at` with exponential backoff. A lost connection aborts the batch and
 //!   reconnects with backoff; the rows stay unsent and are published again later, so
 //!   delivery is at-least-once (consumers dedupe by `message_id`).
-//! - It wakes on `NOTIFY anchorpipe_outbox` (sent by a trigger on insert) so a report is
-//!   published right after its commit, and also polls, so a missed notification or a
-//!   restarted pod only delays delivery.
+//! - The ingest handler wakes its own relay in-process right after each commit, so a
+//!   report is published promptly; relays also poll, which covers rows accepted by
+//!   other replicas and a restarted pod's leftovers. (A database NOTIFY per row was
+//!   tried and dropped: PostgreSQL serialises the commits of notifying transactions.)
 //!
 //! Beside it run the backlog monitor (feeds readiness, metrics and the 503 backpressure)
 //! and the retention sweep of sent rows.
@@ -30,22 +31,18 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::http::DeliveryHealth;
 use crate::metrics::Metrics;
 
-/// The Postgres channel the outbox trigger notifies on.
-pub const NOTIFY_CHANNEL: &str = "anchorpipe_outbox";
-
 /// Relay tuning. Defaults suit one pod; tests shorten the intervals.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Rows claimed and published per batch (all in flight at once).
     pub batch_size: i64,
-    /// Fallback poll when no notification arrives.
+    /// Fallback poll when no in-process wake-up arrives.
     pub poll_interval: Duration,
     /// Retry delay for a refused row: `min(base * 2^attempts, max)`.
     pub retry_base: Duration,
@@ -193,14 +190,13 @@ impl Relay {
     /// Runs until `shutdown`: connect, drain, wait for work; reconnect with backoff.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = self.reconnect_backoff();
-        let mut listener = None;
         while !shutdown.is_cancelled() {
             match self.connect().await {
                 Ok((connection, channel)) => {
                     tracing::info!(tenant = %self.tenant, "relay connected to the broker");
                     self.set_broker_up(true);
                     backoff = self.reconnect_backoff();
-                    let result = self.serve(&channel, &mut listener, &shutdown).await;
+                    let result = self.serve(&channel, &shutdown).await;
                     self.set_broker_up(false);
                     let _ = connection.close(200, "relay stopping".into()).await;
                     match result {
@@ -236,7 +232,6 @@ impl Relay {
     async fn serve(
         &self,
         channel: &Channel,
-        listener: &mut Option<PgListener>,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         loop {
@@ -247,26 +242,12 @@ impl Relay {
                     break;
                 }
             }
-            if listener.is_none() {
-                *listener = self.listen().await;
-            }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
-                notified = recv(listener) => {
-                    if !notified {
-                        // The listener's connection broke; polling covers until it is back.
-                        *listener = None;
-                    }
-                }
+                () = self.delivery.wake.notified() => {}
             }
         }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(NOTIFY_CHANNEL).await.ok()?;
-        Some(listener)
     }
 
     /// Claims up to one batch of due rows, publishes them all, awaits the confirms and
@@ -369,15 +350,6 @@ impl Relay {
             .retry_base
             .saturating_mul(factor)
             .min(self.settings.retry_max)
-    }
-}
-
-/// Waits for a notification; `false` when the listener failed (or there is none, in
-/// which case it waits forever and the poll timer wins).
-async fn recv(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(listener) => listener.recv().await.is_ok(),
-        None => std::future::pending().await,
     }
 }
 

@@ -8,11 +8,14 @@
 //! replay its stored response.
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
 use crate::report::ReportHeader;
 use anchorpipe_crds::config::BrokerTopology;
+
+/// Bodies above this size leave the connection's buffers shrunk after use.
+const SHRINK_AFTER_BYTES: usize = 1024 * 1024;
 
 /// Who sent a request, for the audit log.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +48,7 @@ pub struct NewReport<'a> {
     pub tenant: &'a str,
     pub header: &'a ReportHeader,
     pub test_count: usize,
-    /// The raw, already validated JSON body; stored as sent (as `jsonb`).
+    /// The raw, already validated JSON body; stored exactly as sent.
     pub body: &'a str,
     pub topology: &'a BrokerTopology,
 }
@@ -110,12 +113,13 @@ pub async fn store_report(
     });
     let test_count = i32::try_from(report.test_count).unwrap_or(i32::MAX);
 
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO ingestions
            (id, tenant, repo_id, commit_sha, run_id, framework, branch, pull_request,
             idempotency_key, test_count, payload, response, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, $12, $13)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT ON CONSTRAINT ingestions_duplicate_key DO NOTHING
          RETURNING id",
     )
@@ -201,6 +205,11 @@ pub async fn store_report(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if report.body.len() > SHRINK_AFTER_BYTES {
+        // The connection's write buffer grew to the body's size; without this, every
+        // pooled connection keeps the largest buffer it ever needed.
+        conn.shrink_buffers();
+    }
     Ok(stored)
 }
 

@@ -86,9 +86,6 @@ pub struct SizeResults {
     pub alone: Measured,
     pub points: Vec<Point>,
     pub rate: Option<RateRun>,
-    /// The PostgreSQL limit again with the outbox's NOTIFY trigger disabled, by
-    /// concurrency: what the per-commit notification costs (small reports only).
-    pub without_notify: Vec<(usize, Measured)>,
 }
 
 impl SizeResults {
@@ -570,7 +567,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
             alone,
             points,
             rate: None,
-            without_notify: Vec::new(),
         };
         let rate = results.best_e2e() / 2.0;
         if rate > 0.0 {
@@ -606,10 +602,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 cpu,
                 peak_rss: peak,
             });
-        }
-        if size == Size::Small {
-            results.without_notify =
-                without_notify(&settings, &pool, &database_url, &config.broker, &template).await?;
         }
         if settings.perf && size == Size::Small && perf.is_none() {
             let target = Target {
@@ -669,56 +661,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         retained_rss,
         perf,
     })
-}
-
-/// Reruns the PostgreSQL limit with the outbox NOTIFY trigger disabled (in the bench's
-/// own database only, enabled again right after). PostgreSQL serialises the commits of
-/// transactions that sent a NOTIFY (a database-wide lock held through the WAL flush),
-/// so this measures what the per-report notification costs the commit path.
-async fn without_notify(
-    settings: &Settings,
-    pool: &PgPool,
-    database_url: &str,
-    topology: &BrokerTopology,
-    template: &Template,
-) -> anyhow::Result<Vec<(usize, Measured)>> {
-    let mut out = Vec::new();
-    sqlx::query("ALTER TABLE outbox DISABLE TRIGGER outbox_notify")
-        .execute(pool)
-        .await?;
-    for &concurrency in settings.concurrency.iter().filter(|c| **c > 1) {
-        let pg_pool = limits::pg_pool(database_url, concurrency).await?;
-        let measured = limits::postgres(
-            &pg_pool,
-            "benchpg",
-            topology,
-            template,
-            concurrency,
-            settings.duration,
-            &format!("nonotify-c{concurrency}"),
-        )
-        .await;
-        pg_pool.close().await;
-        match measured {
-            Ok(m) => {
-                progress(&format!(
-                    "  PostgreSQL without the NOTIFY trigger, c{concurrency}: {:.0} tx/s",
-                    m.per_sec()
-                ));
-                out.push((concurrency, m));
-            }
-            Err(error) => {
-                sqlx::query("ALTER TABLE outbox ENABLE TRIGGER outbox_notify")
-                    .execute(pool)
-                    .await?;
-                return Err(error);
-            }
-        }
-    }
-    sqlx::query("ALTER TABLE outbox ENABLE TRIGGER outbox_notify")
-        .execute(pool)
-        .await?;
-    Ok(out)
 }
 
 /// Profiles the whole machine with `perf` while small reports are sent at concurrency

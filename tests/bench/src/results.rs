@@ -170,31 +170,6 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
                 cores(&rate.cpu),
             );
         }
-        if !size.without_notify.is_empty() {
-            let _ = writeln!(
-                out,
-                "PostgreSQL limit with the outbox `NOTIFY` trigger disabled (same transaction otherwise; \
-                 PostgreSQL serialises the commits of notifying transactions):\n"
-            );
-            let _ = writeln!(
-                out,
-                "| conc. | with NOTIFY tx/s | without NOTIFY tx/s | ratio |\n|---:|---:|---:|---:|"
-            );
-            for (concurrency, without) in &size.without_notify {
-                let with = size
-                    .points
-                    .iter()
-                    .find(|p| p.concurrency == *concurrency)
-                    .map_or(0.0, |p| p.postgres.per_sec());
-                let _ = writeln!(
-                    out,
-                    "| {concurrency} | {with:.0} | {:.0} | {} |",
-                    without.per_sec(),
-                    ratio(without.per_sec(), with)
-                );
-            }
-            let _ = writeln!(out);
-        }
         if let Some(best) = best_point(size) {
             let per = best.e2e.ok_per_sec();
             let _ = writeln!(
