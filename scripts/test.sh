@@ -19,6 +19,15 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
     scripts/cluster.sh build
     scripts/cluster.sh up
     eval "$(scripts/cluster.sh env)"
+
+    step "helm chart: lint, and every manifest validated by the API server (dry run)"
+    helm lint --quiet charts/anchorpipe
+    helm template anchorpipe charts/anchorpipe --namespace default --include-crds \
+        --set platformSecret.create=true \
+        --set platformSecret.databaseUrl=postgres://db/anchorpipe \
+        --set platformSecret.amqpUrl=amqp://broker/%2f \
+        | kubectl apply --server-side --force-conflicts --field-manager=chart-check \
+            --dry-run=server -f - >/dev/null
 fi
 
 step "cargo fmt --check"
