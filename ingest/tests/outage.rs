@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -199,60 +198,9 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report(pool: PgPool) {
     let repo = config.repositories[0];
     declare(&config.broker).await;
 
-    let dir = std::env::temp_dir().join(format!("ingest-crash-{}", config.tenant));
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(keys.join("k1"), SECRET).unwrap();
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let database_url = format!("{}/{database}", &base[..base.rfind('/').unwrap()]);
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"))
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.join("config.json"))
-            .arg("--keys-dir")
-            .arg(&keys)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &database_url)
-            .env("AMQP_URL", amqp_url())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let ingest = IngestProcess::prepare(&pool, &config, true).await;
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("http://127.0.0.1:{port}/api/ingestion");
-    let ready_url = format!("http://127.0.0.1:{port}/readyz");
-    let wait_ready = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let request = hyper::Request::get(ready_url.as_str())
-                .body(Full::default())
-                .unwrap();
-            if let Ok(response) = client.request(request).await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "ingest never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let url = ingest.url("/api/ingestion");
     let send = |i: usize| {
         let body = report(repo, &format!("crash-{i}"));
         let request = hyper::Request::post(url.as_str())
@@ -264,8 +212,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report(pool: PgPool) {
         client.request(request)
     };
 
-    let mut child = spawn();
-    wait_ready().await;
+    let mut child = ingest.spawn();
+    ingest.wait_ready().await;
     let mut acknowledged = HashSet::new();
     let mut failed_in_flight = 0;
     // Keep 8 requests in flight; kill the process once 150 were acknowledged.
@@ -300,8 +248,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report(pool: PgPool) {
         acknowledged.len()
     );
 
-    let mut child = spawn();
-    wait_ready().await;
+    let mut child = ingest.spawn();
+    ingest.wait_ready().await;
     let result = delivered(&config.broker.queue, &acknowledged, Duration::from_secs(60)).await;
     eprintln!(
         "after restart: {} acknowledged, {} in queue, {} lost, {} duplicates",
@@ -313,6 +261,5 @@ async fn sigkill_mid_stream_loses_no_acknowledged_report(pool: PgPool) {
     assert_eq!(result.lost, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    std::fs::remove_dir_all(&dir).unwrap();
     delete(&config.broker).await;
 }

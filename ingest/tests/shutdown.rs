@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anchorpipe_ingest::signature::sign_legacy;
 use bytes::Bytes;
@@ -21,53 +20,10 @@ use support::*;
 async fn sigterm_finishes_the_request_in_flight(pool: PgPool) {
     let config = tenant_config();
     let repo = config.repositories[0];
-    let dir = std::env::temp_dir().join(format!("ingest-term-{}", config.tenant));
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("keys/k1"), SECRET).unwrap();
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let database_url = format!("{}/{database}", &base[..base.rfind('/').unwrap()]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(dir.join("config.json"))
-        .arg("--keys-dir")
-        .arg(dir.join("keys"))
-        .env("DATABASE_URL", &database_url)
-        .env_remove("AMQP_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = hyper::Request::get(format!("http://127.0.0.1:{port}/readyz"))
-            .body(Full::default())
-            .unwrap();
-        if let Ok(response) = client.request(ready).await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ingest = IngestProcess::prepare(&pool, &config, false).await;
+    let port = ingest.port;
+    let mut child = ingest.spawn();
+    ingest.wait_ready().await;
 
     // A slow upload: half the body now, the rest after SIGTERM.
     let body = report(repo, "slow-upload");
@@ -127,5 +83,4 @@ async fn sigterm_finishes_the_request_in_flight(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

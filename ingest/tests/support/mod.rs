@@ -285,3 +285,88 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
+
+/// The real `anchorpipe-ingest` binary configured from files, the way a pod runs it:
+/// a config file, a keys directory holding [`SECRET`], the test's own database.
+pub struct IngestProcess {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+    database_url: String,
+    with_broker: bool,
+}
+
+impl IngestProcess {
+    pub async fn prepare(pool: &PgPool, config: &IngestConfig, with_broker: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!("ingest-{}", config.tenant));
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+        std::fs::write(dir.join("keys/k1"), SECRET).unwrap();
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let base = std::env::var("DATABASE_URL").unwrap();
+        let database_url = format!("{}/{database}", &base[..base.rfind('/').unwrap()]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            dir,
+            port,
+            database_url,
+            with_broker,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn spawn(&self) -> tokio::process::Child {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--config")
+            .arg(self.dir.join("config.json"))
+            .arg("--keys-dir")
+            .arg(self.dir.join("keys"))
+            .env("DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if self.with_broker {
+            command.env("AMQP_URL", amqp_url());
+        } else {
+            command.env_remove("AMQP_URL");
+        }
+        command.spawn().unwrap()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = hyper::Request::get(self.url("/readyz"))
+                .body(http_body_util::Full::default())
+                .unwrap();
+            if let Ok(response) = client.request(request).await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ingest never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
