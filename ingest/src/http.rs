@@ -28,7 +28,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::audit::Aggregator;
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::ratelimit::{Decision, RateLimiter};
+use crate::ratelimit::{Decision, FailureGuard, RateLimiter};
 use crate::report::{Detail, ReportValidator};
 use crate::signature::{self, AuthFailure};
 use crate::store::{self, NewReport, RequestMeta, Stored};
@@ -81,6 +81,8 @@ pub struct AppState {
     pub config: Arc<IngestConfig>,
     pub keys: KeyStore,
     pub limiter: RateLimiter,
+    /// Refuses repositories whose signature checks keep failing, before body reads.
+    pub failures: FailureGuard,
     pub validator: ReportValidator,
     pub pool: PgPool,
     pub audit: Arc<Aggregator>,
@@ -107,6 +109,7 @@ impl AppState {
             .min(Semaphore::MAX_PERMITS as u64) as usize;
         Ok(Self {
             limiter: RateLimiter::new(&config.rate_limit),
+            failures: FailureGuard::default(),
             validator: ReportValidator::new(config.limits.max_tests)?,
             config: Arc::new(config),
             keys,
@@ -167,6 +170,7 @@ impl ApiError {
         match self {
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::BodyTimeout | ApiError::BodyUnreadable => "body_error",
+            ApiError::Unauthorized(AuthFailure::TooManyFailures(_)) => "auth_throttled",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::InvalidJson | ApiError::InvalidPayload(_) => "invalid",
@@ -191,6 +195,13 @@ impl IntoResponse for ApiError {
             ApiError::BodyUnreadable => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "Request body could not be read"}),
+            ),
+            ApiError::Unauthorized(AuthFailure::TooManyFailures(_)) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {
+                    "code": "TOO_MANY_FAILED_SIGNATURES",
+                    "message": AuthFailure::TooManyFailures(0).to_string()
+                }}),
             ),
             ApiError::Unauthorized(failure) => (
                 StatusCode::UNAUTHORIZED,
@@ -235,11 +246,14 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable {
                 retry_after_secs, ..
-            } => insert_number(
-                response.headers_mut(),
-                header::RETRY_AFTER,
-                *retry_after_secs,
-            ),
+            }
+            | ApiError::Unauthorized(AuthFailure::TooManyFailures(retry_after_secs)) => {
+                insert_number(
+                    response.headers_mut(),
+                    header::RETRY_AFTER,
+                    *retry_after_secs,
+                );
+            }
             _ => {}
         }
         response
@@ -364,6 +378,15 @@ async fn handle(
     let keys = state.keys.current();
     let claim = signature::precheck(headers, config, &keys, unix_now())
         .map_err(|failure| auth_failed(state, failure, None, meta))?;
+    if let Some(retry_after_secs) = state.failures.refused_for(claim.repo_id) {
+        // Too many bad signatures for this repository lately: refuse before reading.
+        return Err(auth_failed(
+            state,
+            AuthFailure::TooManyFailures(retry_after_secs),
+            Some(claim.repo_id),
+            meta,
+        ));
+    }
 
     let (bytes, _permit) =
         read_body(body, limit, declared, &state.body_budget, state.budget_wait).await?;
@@ -393,8 +416,10 @@ async fn handle(
             verify()
         }
     };
-    let key_id =
-        verified.map_err(|failure| auth_failed(state, failure, Some(claim.repo_id), meta))?;
+    let key_id = verified.map_err(|failure| {
+        state.failures.record_failure(claim.repo_id);
+        auth_failed(state, failure, Some(claim.repo_id), meta)
+    })?;
     tracing::debug!(request_id = %meta.request_id, key_id, scheme = claim.scheme.name(), "signature verified");
 
     let decision = state.limiter.check(claim.repo_id);

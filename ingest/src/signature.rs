@@ -52,6 +52,9 @@ pub enum AuthFailure {
     StaleTimestamp,
     #[error("Invalid HMAC signature")]
     InvalidSignature,
+    /// Too many failed signature checks for this repository; retry after the seconds.
+    #[error("Too many requests with invalid signatures for this repository; retry later")]
+    TooManyFailures(u64),
 }
 
 impl AuthFailure {
@@ -65,6 +68,7 @@ impl AuthFailure {
             AuthFailure::MalformedWebhookHeaders => "malformed_webhook_headers",
             AuthFailure::StaleTimestamp => "stale_timestamp",
             AuthFailure::InvalidSignature => "invalid_signature",
+            AuthFailure::TooManyFailures(_) => "too_many_failures",
         }
     }
 }

@@ -808,3 +808,37 @@ async fn the_in_flight_byte_budget_bounds_memory_with_503(pool: PgPool) {
     let (status, _, _) = send(&app, signed(body.as_bytes())).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn a_repository_with_many_bad_signatures_is_refused_before_its_body_is_read(pool: PgPool) {
+    let app = router(pool);
+    let body = report("run-guess").to_string();
+    let bad = sign_legacy("guessed-key", body.as_bytes());
+    let post = |sig: &str, body: Body| {
+        Request::post("/api/ingestion")
+            .header("authorization", format!("Bearer {REPO}"))
+            .header("x-fr-sig", sig)
+            .body(body)
+            .unwrap()
+    };
+    for _ in 0..anchorpipe_ingest::ratelimit::FAILED_VERIFICATIONS_PER_MINUTE + 1 {
+        let (status, _, _) = send(&app, post(&bad, Body::from(body.clone()))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Now refused without reading: an endless body would otherwise be read to the limit.
+    let endless = futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![b' '; 65536]));
+    let (status, headers, json) = send(&app, post(&bad, Body::from_stream(endless))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(json["error"]["code"], "TOO_MANY_FAILED_SIGNATURES");
+    assert!(headers.contains_key("retry-after"));
+    // The other repository of the endpoint is unaffected.
+    let mut other = report("run-other");
+    other["repo_id"] = OTHER_REPO.into();
+    let other = other.to_string();
+    let request = Request::post("/api/ingestion")
+        .header("authorization", format!("Bearer {OTHER_REPO}"))
+        .header("x-fr-sig", sign_legacy(SECRET, other.as_bytes()))
+        .body(Body::from(other))
+        .unwrap();
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+}
