@@ -395,7 +395,7 @@ async fn handle(
     // Large bodies take a CPU slot for verification and parsing: the cores can only
     // work on that many at once anyway, and each parse holds a parsed copy of its body,
     // so the slots bound that memory while the byte budget bounds the raw bodies.
-    let _cpu = if blocking {
+    let cpu_slot = if blocking {
         Some(
             Arc::clone(&state.cpu_slots)
                 .acquire_owned()
@@ -451,6 +451,8 @@ async fn handle(
             parse()
         }
     };
+    // The slot is for CPU work only; storing waits on the database, not on a core.
+    drop(cpu_slot);
     let (header, test_count) = match parsed {
         Ok(ok) => ok,
         Err(error) => {
