@@ -431,6 +431,28 @@ async fn the_pod_runs_for_real_and_a_report_reaches_postgres_and_the_queue() {
     ns.finish().await;
 }
 
+/// Posts fresh reports signed with `secret` until one is answered `expected` (the
+/// kubelet-synced keys reach the pod's poller within a second or two).
+async fn until_status(what: &str, base: &str, repo: &str, secret: &str, run: &str, expected: u16) {
+    let mut n = 0;
+    eventually(what, Duration::from_secs(10), || {
+        n += 1;
+        let (base, repo, secret, run) = (
+            base.to_owned(),
+            repo.to_owned(),
+            secret.to_owned(),
+            format!("{run}-{n}"),
+        );
+        async move {
+            match report::post(&base, &repo, &run, &secret).await {
+                (status, _) if status == expected => Ok(()),
+                (status, answer) => Err(format!("{status} {answer}")),
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_reaches_the_running_pod_and_the_old_key_expires() {
     let mut ns = TestNs::new("key_rotation_reaches_the_running_pod_and_the_old_key_expires").await;
@@ -487,18 +509,7 @@ async fn key_rotation_reaches_the_running_pod_and_the_old_key_expires() {
     // Both keys are in the Secret now; the kubelet syncs the volume.
     t.pod.sync_volumes().await;
     let repo = t.repo.clone();
-    let mut n = 0;
-    eventually("the new key accepted", Duration::from_secs(10), || {
-        n += 1;
-        let (base, repo, new, run) = (base.clone(), repo.clone(), new.clone(), format!("new-{n}"));
-        async move {
-            match report::post(&base, &repo, &run, &new).await {
-                (200, _) => Ok(()),
-                (s, a) => Err(format!("{s} {a}")),
-            }
-        }
-    })
-    .await;
+    until_status("the new key accepted", &base, &repo, &new, "new", 200).await;
     let (status, answer) = report::post(&base, &t.repo, "old-in-grace", &old).await;
     assert_eq!(status, 200, "old key during the grace period: {answer}");
     assert!(
@@ -540,18 +551,7 @@ async fn key_rotation_reaches_the_running_pod_and_the_old_key_expires() {
     )
     .await;
     t.pod.sync_volumes().await;
-    let mut n = 0;
-    eventually("the old key refused", Duration::from_secs(10), || {
-        n += 1;
-        let (base, repo, old, run) = (base.clone(), repo.clone(), old.clone(), format!("old-{n}"));
-        async move {
-            match report::post(&base, &repo, &run, &old).await {
-                (401, _) => Ok(()),
-                (s, a) => Err(format!("{s} {a}")),
-            }
-        }
-    })
-    .await;
+    until_status("the old key refused", &base, &repo, &old, "old", 401).await;
     assert_eq!(report::post(&base, &t.repo, "new-after", &new).await.0, 200);
     assert!(t.pod.is_running(), "the ingest process restarted");
     let reasons: Vec<String> = ns
