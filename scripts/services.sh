@@ -19,6 +19,10 @@ PG_DB=anchorpipe
 # A fixed node name that resolves without relying on the machine's hostname.
 export RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-rabbit@localhost}
 AMQP_PORT=5672
+# The management HTTP API: the operator creates and removes each tenant's broker user
+# through it (issue 9), so it is part of what the platform needs.
+MGMT_PORT=${ANCHORPIPE_RABBITMQ_MGMT_PORT:-15672}
+RABBIT_CONF=$STATE/rabbitmq.conf
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -49,9 +53,14 @@ install_packages() {
 
 pg_up() {
     local bin; bin=$(pg_bin)
-    if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
-        return 0
+    if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+        pg_start "$bin"
     fi
+    pg_setup "$bin"
+}
+
+pg_start() {
+    local bin=$1
     mkdir -p "$STATE" "$PG_SOCK"
     chown postgres:postgres "$PG_SOCK"
     if [ ! -s "$PG_DATA/PG_VERSION" ]; then
@@ -70,9 +79,19 @@ CONF
     fi
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
     as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_SOCK/postgres.log" -w -t 60 start >/dev/null
+}
+
+# Roles and the database; each step only when missing, so a second run is quick.
+pg_setup() {
+    local bin=$1
     local psql=("$bin/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt)
     if [ "$(as_postgres "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
         as_postgres "${psql[@]}" -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+    fi
+    # The owner role creates each tenant's login role (the operator mints them) and the
+    # shared group role the migrations grant to; CREATEROLE is what that takes.
+    if [ "$(as_postgres "${psql[@]}" -c "SELECT rolcreaterole FROM pg_roles WHERE rolname = '$PG_USER'")" != t ]; then
+        as_postgres "${psql[@]}" -c "ALTER ROLE $PG_USER CREATEROLE"
     fi
     if [ "$(as_postgres "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
         as_postgres "${psql[@]}" -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
@@ -80,24 +99,34 @@ CONF
 }
 
 rabbit_up() {
-    if port_open "$AMQP_PORT"; then
+    if port_open "$AMQP_PORT" && port_open "$MGMT_PORT"; then
         return 0
+    fi
+    mkdir -p "$STATE"
+    printf 'management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' "$MGMT_PORT" >"$RABBIT_CONF"
+    # Enabled in the node's plugin file before it starts, or online when it already runs
+    # (the CLI starts an Erlang VM, so only when the plugin is not enabled yet).
+    if ! grep -qs rabbitmq_management /etc/rabbitmq/enabled_plugins; then
+        rabbitmq-plugins -q --offline enable rabbitmq_management >/dev/null
+    fi
+    if port_open "$AMQP_PORT" && ! port_open "$MGMT_PORT"; then
+        rabbitmq-plugins -q enable rabbitmq_management >/dev/null
     fi
     if rabbitmqctl -q status >/dev/null 2>&1; then
         # The node runs but its AMQP side was stopped (broker-stop).
         rabbitmqctl -q start_app >/dev/null
     else
         log "starting RabbitMQ ($RABBITMQ_NODENAME) on 127.0.0.1:$AMQP_PORT"
-        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached >/dev/null 2>&1 || true
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_CONFIG_FILE="$RABBIT_CONF" rabbitmq-server -detached >/dev/null 2>&1 || true
     fi
     local i
     for i in $(seq 1 120); do
-        if port_open "$AMQP_PORT"; then
+        if port_open "$AMQP_PORT" && port_open "$MGMT_PORT"; then
             return 0
         fi
         sleep 0.5
     done
-    log "RabbitMQ did not open port $AMQP_PORT; see /var/log/rabbitmq/"
+    log "RabbitMQ did not open ports $AMQP_PORT and $MGMT_PORT; see /var/log/rabbitmq/"
     return 1
 }
 
@@ -106,6 +135,7 @@ env_out() {
 export DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB'
 export AMQP_URL='amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f'
 export RABBITMQ_NODENAME='$RABBITMQ_NODENAME'
+export RABBITMQ_MANAGEMENT_URL='http://guest:guest@127.0.0.1:$MGMT_PORT'
 ENV
 }
 
@@ -114,7 +144,7 @@ case "${1:-}" in
         install_packages
         pg_up
         rabbit_up
-        log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$AMQP_PORT"
+        log "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$AMQP_PORT (management $MGMT_PORT)"
         ;;
     down)
         bin=$(pg_bin)
