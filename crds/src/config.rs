@@ -31,7 +31,9 @@ pub struct IngestConfig {
     /// The tenant this pod serves; recorded on every ingestion, audit row and message.
     pub tenant: String,
     /// Repositories (UUIDs) this tenant may post reports for. A report for any other
-    /// repository is refused as unknown, whatever key signed it.
+    /// repository is refused as unknown, whatever key signed it. The operator lists only
+    /// the repositories the tenant owns (each belongs to one tenant), so the list can be
+    /// empty when every one is claimed by another endpoint.
     pub repositories: Vec<Uuid>,
     /// Which signature schemes are accepted.
     #[serde(default)]
@@ -285,9 +287,6 @@ impl IngestConfig {
         if self.tenant.trim().is_empty() {
             return invalid("tenant", "must not be empty");
         }
-        if self.repositories.is_empty() {
-            return invalid("repositories", "must list at least one repository UUID");
-        }
         for (field, limit) in [
             ("rateLimit.perRepository", self.rate_limit.per_repository),
             ("rateLimit.perEndpoint", self.rate_limit.per_endpoint),
@@ -405,11 +404,8 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_field() {
         type Mutation = fn(&mut serde_json::Value);
-        let cases: [(&str, Mutation); 5] = [
+        let cases: [(&str, Mutation); 4] = [
             ("tenant", |v| v["tenant"] = " ".into()),
-            ("repositories", |v| {
-                v["repositories"] = serde_json::json!([])
-            }),
             ("rateLimit.perEndpoint", |v| {
                 v["rateLimit"]["perEndpoint"]["burst"] = 0.into()
             }),

@@ -20,9 +20,12 @@ use crate::v1alpha1::{
     QueueKind,
 };
 
-/// Longest tenant name: it is embedded in queue names and in object names that carry a
-/// suffix (`-ingest`), which must stay within the 63-character DNS label limit.
+/// Longest tenant name within a namespace (`spec.tenant` or the object name).
 pub const MAX_TENANT_LEN: usize = 40;
+
+/// Longest tenant id (`<namespace>.<tenant>`): it is a label value (63 characters) on
+/// every object the operator creates.
+pub const MAX_TENANT_ID_LEN: usize = 63;
 
 /// The shortest rotation period accepted; anything shorter is almost certainly a typo
 /// and would churn the Secret.
@@ -43,9 +46,19 @@ fn invalid<T>(field: &'static str, message: impl Into<String>) -> Result<T, Spec
     })
 }
 
-/// The tenant: `spec.tenant`, or the object's name.
+/// The tenant's name within its namespace: `spec.tenant`, or the object's name.
 pub fn tenant<'a>(spec: &'a IngestionEndpointSpec, object_name: &'a str) -> &'a str {
     spec.tenant.as_deref().unwrap_or(object_name)
+}
+
+/// The tenant id, unique in the cluster: `<namespace>.<tenant>`.
+///
+/// Namespaces and tenant names are DNS labels, which hold no dot, so two different
+/// (namespace, tenant) pairs never make the same id, and no tenant can choose a name
+/// that another namespace's tenant will derive. Every broker name and database row of
+/// the tenant hangs off this id.
+pub fn tenant_id(spec: &IngestionEndpointSpec, namespace: &str, object_name: &str) -> String {
+    format!("{namespace}.{}", tenant(spec, object_name))
 }
 
 /// How minted keys are rotated.
@@ -187,8 +200,76 @@ fn is_dns_label(s: &str) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
-/// Checks the rules the CRD schema enforces that the rendering relies on.
-pub fn validate(spec: &IngestionEndpointSpec, object_name: &str) -> Result<(), SpecError> {
+/// Prefix of every queue name of tenant `id`.
+pub fn queue_prefix(id: &str) -> String {
+    format!("anchorpipe.{id}.")
+}
+
+/// Prefix of every routing key of tenant `id`.
+pub fn routing_key_prefix(id: &str) -> String {
+    format!("tenant.{id}.")
+}
+
+/// Refuses broker names that could belong to another tenant.
+///
+/// Queues and routing keys are per tenant: they must carry the tenant's own prefix, so
+/// no endpoint can name, bind, consume or delete another tenant's queue, or bind its
+/// queue with another tenant's routing key. (Tenant ids hold exactly one dot and AMQP
+/// names here allow no wildcards, so one tenant's prefix never covers another's names.)
+/// Exchanges are shared by design; only RabbitMQ's reserved `amq.` ones are refused.
+pub fn owned_broker_names(topology: &BrokerTopology, id: &str) -> Result<(), SpecError> {
+    let queues = queue_prefix(id);
+    for (field, name) in [
+        ("queue.name", &topology.queue),
+        ("queue.deadLetterQueue", &topology.dead_letter_queue),
+    ] {
+        if !name.starts_with(&queues) || name.len() == queues.len() {
+            return invalid(
+                field,
+                format!(
+                    "`{name}` is not one of this tenant's queues: queue names must start with `{queues}`"
+                ),
+            );
+        }
+    }
+    let keys = routing_key_prefix(id);
+    if !topology.routing_key.starts_with(&keys) || topology.routing_key.len() == keys.len() {
+        return invalid(
+            "queue.routingKey",
+            format!(
+                "`{}` is not one of this tenant's routing keys: they must start with `{keys}`",
+                topology.routing_key
+            ),
+        );
+    }
+    if topology.queue == topology.dead_letter_queue {
+        return invalid(
+            "queue.deadLetterQueue",
+            "must differ from the queue, or rejected messages would return to it",
+        );
+    }
+    for (field, name) in [
+        ("queue.exchange", &topology.exchange),
+        ("queue.deadLetterExchange", &topology.dead_letter_exchange),
+    ] {
+        if name.starts_with("amq.") {
+            return invalid(
+                field,
+                format!("`{name}`: exchange names starting with 'amq.' are reserved by RabbitMQ"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks the rules the CRD schema enforces that the rendering relies on, and those it
+/// cannot express because they depend on the namespace: the tenant id's length and the
+/// broker names, which must belong to this tenant.
+pub fn validate(
+    spec: &IngestionEndpointSpec,
+    namespace: &str,
+    object_name: &str,
+) -> Result<(), SpecError> {
     let tenant = tenant(spec, object_name);
     if tenant.len() > MAX_TENANT_LEN || !is_dns_label(tenant) {
         return invalid(
@@ -198,6 +279,16 @@ pub fn validate(spec: &IngestionEndpointSpec, object_name: &str) -> Result<(), S
             ),
         );
     }
+    let id = tenant_id(spec, namespace, object_name);
+    if id.len() > MAX_TENANT_ID_LEN {
+        return invalid(
+            "tenant",
+            format!(
+                "the tenant id `{id}` (namespace.tenant) is longer than {MAX_TENANT_ID_LEN} characters; set a shorter spec.tenant"
+            ),
+        );
+    }
+    owned_broker_names(&broker_topology(spec, &id), &id)?;
     repositories(spec)?;
     rotation_policy(&spec.hmac)?;
     if !spec.signatures.legacy && !spec.signatures.standard_webhooks {
@@ -257,10 +348,12 @@ pub fn repositories(spec: &IngestionEndpointSpec) -> Result<Vec<Uuid>, SpecError
 /// Renders the config one ingest pod reads, for the spec's replica count.
 pub fn ingest_config(
     spec: &IngestionEndpointSpec,
+    namespace: &str,
     object_name: &str,
 ) -> Result<IngestConfig, SpecError> {
-    validate(spec, object_name)?;
-    let tenant = tenant(spec, object_name);
+    validate(spec, namespace, object_name)?;
+    let id = tenant_id(spec, namespace, object_name);
+    let tenant = id.as_str();
     let max_body_bytes = spec.limits.max_body_bytes;
     let defaults = LimitsConfig::default();
     let config = IngestConfig {
@@ -335,9 +428,9 @@ mod tests {
         assert_eq!(policy.rotation_period, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(policy.grace_period, Duration::from_secs(24 * 3600));
 
-        let config = ingest_config(&spec, "acme").unwrap();
-        assert_eq!(config.tenant, "acme");
-        assert_eq!(config.broker, BrokerTopology::for_tenant("acme"));
+        let config = ingest_config(&spec, "ci", "acme").unwrap();
+        assert_eq!(config.tenant, "ci.acme");
+        assert_eq!(config.broker, BrokerTopology::for_tenant("ci.acme"));
         assert_eq!(config.limits, LimitsConfig::default());
         // Two replicas by default: each pod enforces half.
         assert_eq!(config.rate_limit.per_endpoint.requests_per_minute, 300);
@@ -445,7 +538,7 @@ mod tests {
         for (field, mutate) in cases {
             let mut s = spec();
             mutate(&mut s);
-            let err = ingest_config(&s, "acme").unwrap_err();
+            let err = ingest_config(&s, "ci", "acme").unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }
@@ -454,21 +547,114 @@ mod tests {
     fn queue_overrides_and_ttl() {
         let mut s = spec();
         s.tenant = Some("team-a".into());
-        s.queue.name = Some("custom.q".into());
+        s.queue.name = Some("anchorpipe.ci.team-a.custom".into());
         s.queue.message_ttl_seconds = Some(60);
         s.queue.queue_type = QueueKind::Classic;
-        let t = broker_topology(&s, tenant(&s, "ignored"));
-        assert_eq!(t.queue, "custom.q");
-        assert_eq!(t.dead_letter_queue, "anchorpipe.team-a.reports.dlq");
+        let id = tenant_id(&s, "ci", "ignored");
+        assert_eq!(id, "ci.team-a");
+        let t = broker_topology(&s, &id);
+        assert_eq!(t.queue, "anchorpipe.ci.team-a.custom");
+        assert_eq!(t.dead_letter_queue, "anchorpipe.ci.team-a.reports.dlq");
         assert_eq!(t.message_ttl_ms, Some(60_000));
         assert_eq!(t.queue_type, QueueType::Classic);
+        assert!(ingest_config(&s, "ci", "ignored").is_ok());
+    }
+
+    #[test]
+    fn the_same_name_in_two_namespaces_is_two_tenants() {
+        let s = spec();
+        let a = ingest_config(&s, "team-a", "ci").unwrap();
+        let b = ingest_config(&s, "team-b", "ci").unwrap();
+        assert_ne!(a.tenant, b.tenant);
+        for (x, y) in [
+            (&a.broker.queue, &b.broker.queue),
+            (&a.broker.dead_letter_queue, &b.broker.dead_letter_queue),
+            (&a.broker.routing_key, &b.broker.routing_key),
+        ] {
+            assert_ne!(x, y);
+        }
+        // Hyphens cannot be used to forge another namespace's id.
+        assert_ne!(
+            tenant_id(&s, "team-a", "b-ci"),
+            tenant_id(&s, "team-a-b", "ci")
+        );
+    }
+
+    #[test]
+    fn broker_names_of_another_tenant_are_refused() {
+        // Tenant a's names, named from namespace b.
+        let cases: Vec<(&str, Box<dyn Fn(&mut IngestionEndpointSpec)>)> = vec![
+            (
+                "queue.name",
+                Box::new(|s| s.queue.name = Some("anchorpipe.a.ci.reports".into())),
+            ),
+            (
+                "queue.deadLetterQueue",
+                Box::new(|s| {
+                    s.queue.dead_letter_queue = Some("anchorpipe.a.ci.reports.dlq".into())
+                }),
+            ),
+            (
+                "queue.routingKey",
+                Box::new(|s| s.queue.routing_key = Some("tenant.a.ci.test-run".into())),
+            ),
+            // A prefix of this tenant's own names with nothing after it is no queue.
+            (
+                "queue.name",
+                Box::new(|s| s.queue.name = Some("anchorpipe.b.ci.".into())),
+            ),
+            // Names without any tenant prefix could be anyone's.
+            (
+                "queue.name",
+                Box::new(|s| s.queue.name = Some("shared-queue".into())),
+            ),
+            (
+                "queue.exchange",
+                Box::new(|s| s.queue.exchange = Some("amq.topic".into())),
+            ),
+            (
+                "queue.deadLetterQueue",
+                Box::new(|s| {
+                    s.queue.name = Some("anchorpipe.b.ci.q".into());
+                    s.queue.dead_letter_queue = Some("anchorpipe.b.ci.q".into());
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = ingest_config(&s, "b", "ci").unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(
+                err.message.contains("anchorpipe.b.ci.")
+                    || err.message.contains("tenant.b.ci.")
+                    || field.ends_with("xchange")
+                    || field == "queue.deadLetterQueue",
+                "{err}"
+            );
+        }
+        // The tenant's own names are fine.
+        let mut s = spec();
+        s.queue.name = Some("anchorpipe.b.ci.main".into());
+        s.queue.routing_key = Some("tenant.b.ci.runs".into());
+        s.queue.exchange = Some("reports.b".into());
+        assert!(ingest_config(&s, "b", "ci").is_ok());
+    }
+
+    #[test]
+    fn a_tenant_id_too_long_for_a_label_is_refused() {
+        let s = spec();
+        let namespace = "n".repeat(40);
+        let err = ingest_config(&s, &namespace, &"x".repeat(30)).unwrap_err();
+        assert_eq!(err.field, "tenant");
+        assert!(err.message.contains("longer than 63"), "{err}");
     }
 
     #[test]
     fn large_bodies_raise_the_in_flight_budget() {
         let mut s = spec();
         s.limits.max_body_bytes = 512 * 1024 * 1024;
-        let config = ingest_config(&s, "acme").unwrap();
+        let config = ingest_config(&s, "ci", "acme").unwrap();
         assert_eq!(config.limits.max_in_flight_bytes, 512 * 1024 * 1024);
     }
 

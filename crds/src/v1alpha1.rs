@@ -7,8 +7,10 @@
 //! the same rules again (see [`crate::render`]) because an object can predate a rule.
 //!
 //! Defaults that depend on other fields (the tenant defaults to the object name, queue
-//! names derive from the tenant) are applied by the operator, not by the schema, so the
-//! stored object keeps what the user wrote.
+//! names derive from the tenant id) are applied by the operator, not by the schema, so the
+//! stored object keeps what the user wrote. Rules that depend on the namespace (the
+//! tenant id, broker names that must belong to it) are checked by the operator, since
+//! CEL rules cannot see an object's namespace.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -19,6 +21,11 @@ use serde::{Deserialize, Serialize};
 /// Annotation on an `IngestionEndpoint`: set it to a new value (any string, e.g. a
 /// timestamp) to mint a new HMAC key now. Each distinct value rotates once.
 pub const ROTATE_ANNOTATION: &str = "anchorpipe.dev/rotate-key";
+
+/// Annotation on an `IngestionEndpoint`: set it to a new value to mint new database and
+/// broker credentials for the tenant's pods now. The pods roll onto them; the previous
+/// credentials are revoked once no pod of the old rollout is left.
+pub const ROTATE_CREDENTIALS_ANNOTATION: &str = "anchorpipe.dev/rotate-credentials";
 
 /// Annotation on an `IngestionEndpoint` being deleted: `"true"` releases the finalizer
 /// without removing the broker queues (for a broker that is gone for good).
@@ -108,15 +115,20 @@ const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9
 #[x_kube(validation = Rule::new("has(self.tenant) == has(oldSelf.tenant) && (!has(self.tenant) || self.tenant == oldSelf.tenant)").message("tenant cannot be changed after creation: its keys, queue and stored reports belong to the old name; create a new IngestionEndpoint instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct IngestionEndpointSpec {
-    /// Tenant name, recorded on every report and used in queue names. Lowercase letters,
-    /// digits and '-', at most 40 characters. Defaults to the object's name. Cannot be
-    /// changed after creation.
+    /// Tenant name within the namespace: lowercase letters, digits and '-', at most 40
+    /// characters. Defaults to the object's name. Cannot be changed after creation. The
+    /// tenant id, unique in the cluster, is `<namespace>.<tenant>` (at most 63
+    /// characters): it is recorded on every report and names the tenant's queues, routing
+    /// key, database login and broker user. Two endpoints in one namespace cannot serve
+    /// the same tenant: the second is not Ready, with reason TenantConflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 40), regex(pattern = DNS_LABEL))]
     pub tenant: Option<String>,
 
     /// Repository ids (UUIDs) this tenant may post reports for. A report for any other
-    /// repository is refused, whichever key signed it.
+    /// repository is refused, whichever key signed it. Each repository belongs to one
+    /// endpoint in the cluster: one already claimed by another endpoint is left out of
+    /// this one's config and reported in the RepositoriesOwned condition.
     #[schemars(length(min = 1, max = 1000), inner(length(max = 36)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = Rule::new("self.all(r, r.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))").message("every repository must be a UUID such as 7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61"))]
@@ -160,7 +172,10 @@ pub struct IngestionEndpointSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Container image of the ingest service. Defaults to the image the operator was
-    /// installed with; set it only to pin or test a version.
+    /// installed with. Only images the platform allows (the chart's
+    /// `operator.allowedIngestImages`) are accepted: the pods hold the tenant's database
+    /// and broker credentials, so what runs with them is the platform's choice. Any other
+    /// image leaves the endpoint not Ready with reason ImageNotAllowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -316,16 +331,22 @@ pub struct LimitSpec {
 #[x_kube(validation = Rule::new("(has(self.exchange) ? self.exchange : 'anchorpipe.reports') != (has(self.deadLetterExchange) ? self.deadLetterExchange : 'anchorpipe.reports.dlx')").message("deadLetterExchange must differ from exchange, or rejected messages would loop"))]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
-    /// Topic exchange reports are published to. Defaults to `anchorpipe.reports`.
+    /// Topic exchange reports are published to, shared by tenants. Defaults to
+    /// `anchorpipe.reports`. Names starting with `amq.` are reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
     pub exchange: Option<String>,
-    /// The tenant's queue. Defaults to `anchorpipe.<tenant>.reports`.
+    /// The tenant's queue. Defaults to `anchorpipe.<namespace>.<tenant>.reports`; any
+    /// other name must start with `anchorpipe.<namespace>.<tenant>.`, so that no endpoint
+    /// can name another tenant's queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
     #[x_kube(validation = Rule::new("!self.startsWith('amq.')").message("queue names starting with 'amq.' are reserved by RabbitMQ"))]
     pub name: Option<String>,
-    /// Routing key of the tenant's reports. Defaults to `tenant.<tenant>.test-run`.
+    /// Routing key of the tenant's reports. Defaults to
+    /// `tenant.<namespace>.<tenant>.test-run`; any other key must start with
+    /// `tenant.<namespace>.<tenant>.`. The tenant's broker user may publish with this key
+    /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
     pub routing_key: Option<String>,
@@ -343,7 +364,9 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
     pub dead_letter_exchange: Option<String>,
-    /// The tenant's dead-letter queue. Defaults to `anchorpipe.<tenant>.reports.dlq`.
+    /// The tenant's dead-letter queue. Defaults to
+    /// `anchorpipe.<namespace>.<tenant>.reports.dlq`; any other name must start with
+    /// `anchorpipe.<namespace>.<tenant>.`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = AMQP_NAME))]
     pub dead_letter_queue: Option<String>,
@@ -439,14 +462,18 @@ pub struct IngestionEndpointStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `SecretReady`, `QueueReady`, `Available` and `Ready`, each with a reason and a
-    /// message.
+    /// `SecretReady`, `CredentialsReady`, `RepositoriesOwned`, `QueueReady`, `Available`
+    /// and `Ready`, each with a reason and a message.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The tenant the endpoint serves.
+    /// The tenant id the endpoint serves (`<namespace>.<tenant>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Secret holding the tenant's minted database and broker credentials, which the
+    /// ingest pods use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_name: Option<String>,
     /// Where CI systems post reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,

@@ -35,6 +35,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use crate::accounts::TenantUrls;
+use crate::credentials::{self, CREDENTIALS_ID_ANNOTATION, CredentialPlan};
 use crate::error::{Error, Result};
 use crate::keys::KeyPlan;
 
@@ -66,7 +68,7 @@ pub const HTTP_PORT_NAME: &str = "http";
 /// The only path exposed through the Ingress: health and metrics stay in-cluster.
 pub const INGESTION_PATH: &str = "/api/ingestion";
 
-/// The platform Secret's keys for the database and broker URLs.
+/// The credentials Secret's keys for the tenant's database and broker URLs.
 pub const DATABASE_URL_KEY: &str = "database-url";
 pub const AMQP_URL_KEY: &str = "amqp-url";
 
@@ -82,8 +84,28 @@ const KEY_FILE_MODE: i32 = 0o440;
 pub struct Settings {
     /// Ingest image used unless an endpoint overrides it.
     pub ingest_image: String,
-    /// Secret in each endpoint's namespace with `database-url` and `amqp-url`.
-    pub platform_secret: String,
+    /// Further images an endpoint may choose with `spec.image`.
+    pub allowed_ingest_images: Vec<String>,
+}
+
+impl Settings {
+    /// The image the endpoint's pods run, or `Err` with a message when the endpoint asks
+    /// for one the platform does not allow (the pods hold the tenant's credentials).
+    pub fn image_for(&self, endpoint: &IngestionEndpoint) -> std::result::Result<String, String> {
+        match &endpoint.spec.image {
+            None => Ok(self.ingest_image.clone()),
+            Some(image)
+                if *image == self.ingest_image
+                    || self.allowed_ingest_images.iter().any(|a| a == image) =>
+            {
+                Ok(image.clone())
+            }
+            Some(image) => Err(format!(
+                "spec.image `{image}` is not an image the platform allows; remove spec.image to run {}",
+                self.ingest_image
+            )),
+        }
+    }
 }
 
 /// Names of the objects derived from an endpoint named `name`.
@@ -91,6 +113,7 @@ pub struct Settings {
 pub struct Names {
     pub workload: String,
     pub secret: String,
+    pub credentials: String,
 }
 
 impl Names {
@@ -99,6 +122,7 @@ impl Names {
         Self {
             workload: format!("{name}-ingest"),
             secret: format!("{name}-hmac"),
+            credentials: format!("{name}-credentials"),
         }
     }
 }
@@ -172,6 +196,29 @@ pub fn key_secret(endpoint: &IngestionEndpoint, tenant: &str, plan: &KeyPlan) ->
             plan.keys
                 .iter()
                 .map(|(id, value)| (id.clone(), ByteString(value.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    })
+}
+
+/// The tenant's credentials Secret for `plan`, with the URLs built from its set.
+pub fn credentials_secret(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    plan: &CredentialPlan,
+    urls: &TenantUrls,
+) -> Result<Secret> {
+    let names = Names::of(endpoint);
+    let mut meta = metadata(endpoint, &names.credentials, tenant)?;
+    meta.annotations = Some(credentials::secret_annotations(plan));
+    Ok(Secret {
+        metadata: meta,
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            credentials::secret_data(&plan.current, &urls.database_url, &urls.amqp_url)
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
                 .collect(),
         ),
         ..Secret::default()
@@ -256,7 +303,7 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn platform_env(name: &str, secret: &str, key: &str) -> EnvVar {
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -284,29 +331,35 @@ pub fn ingest_args() -> Vec<String> {
     ]
 }
 
-/// The ingest Deployment. `config_hash` goes on the pod template (config changes roll
-/// the pods); `keys_secret` is mounted as a directory, so the kubelet swaps the files in
-/// place on a rotation and the template, hence the pods, stay unchanged.
+/// What the pods are given besides the config: the image, the HMAC keys Secret, and
+/// the credential set they connect with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInputs<'a> {
+    pub image: &'a str,
+    pub config_hash: &'a str,
+    pub keys_secret: &'a str,
+    pub credentials_id: &'a str,
+}
+
+/// The ingest Deployment. `config_hash` and the credential set's id go on the pod
+/// template (a config change or a credential rotation rolls the pods); the keys Secret is
+/// mounted as a directory, so the kubelet swaps the files in place on a key rotation and
+/// the template, hence the pods, stay unchanged. The database and broker URLs come from
+/// the tenant's credentials Secret: the pods never see the platform's credentials.
 pub fn deployment(
     endpoint: &IngestionEndpoint,
-    settings: &Settings,
     tenant: &str,
-    config_hash: &str,
-    keys_secret: &str,
+    inputs: &PodInputs<'_>,
 ) -> Result<Deployment> {
     let names = Names::of(endpoint);
     let spec = &endpoint.spec;
     let container = Container {
         name: "ingest".to_owned(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| settings.ingest_image.clone()),
-        ),
+        image: Some(inputs.image.to_owned()),
         args: Some(ingest_args()),
         env: Some(vec![
-            platform_env("DATABASE_URL", &settings.platform_secret, DATABASE_URL_KEY),
-            platform_env("AMQP_URL", &settings.platform_secret, AMQP_URL_KEY),
+            secret_env("DATABASE_URL", &names.credentials, DATABASE_URL_KEY),
+            secret_env("AMQP_URL", &names.credentials, AMQP_URL_KEY),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(HTTP_PORT_NAME.to_owned()),
@@ -343,10 +396,16 @@ pub fn deployment(
         labels: Some(labels(endpoint, tenant)),
         ..ObjectMeta::default()
     };
-    template_meta.annotations = Some(BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_owned(),
-        config_hash.to_owned(),
-    )]));
+    template_meta.annotations = Some(BTreeMap::from([
+        (
+            CONFIG_HASH_ANNOTATION.to_owned(),
+            inputs.config_hash.to_owned(),
+        ),
+        (
+            CREDENTIALS_ID_ANNOTATION.to_owned(),
+            inputs.credentials_id.to_owned(),
+        ),
+    ]));
     Ok(Deployment {
         metadata: metadata(endpoint, &names.workload, tenant)?,
         spec: DeploymentSpec {
@@ -391,7 +450,7 @@ pub fn deployment(
                         Volume {
                             name: "keys".to_owned(),
                             secret: Some(SecretVolumeSource {
-                                secret_name: Some(keys_secret.to_owned()),
+                                secret_name: Some(inputs.keys_secret.to_owned()),
                                 default_mode: Some(KEY_FILE_MODE),
                                 ..SecretVolumeSource::default()
                             }),
@@ -542,15 +601,33 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             ingest_image: "anchorpipe-ingest:test".into(),
-            platform_secret: "anchorpipe-platform".into(),
+            allowed_ingest_images: vec!["anchorpipe-ingest:next".into()],
         }
     }
 
     fn built(ie: &IngestionEndpoint) -> (Deployment, String) {
-        let config = render::ingest_config(&ie.spec, "acme").unwrap();
+        let config = render::ingest_config(&ie.spec, "tenants", "acme").unwrap();
         let (_, hash) = config_json(&config).unwrap();
-        let d = deployment(ie, &settings(), "acme", &hash, "acme-hmac").unwrap();
+        let image = settings().image_for(ie).unwrap();
+        let inputs = PodInputs {
+            image: &image,
+            config_hash: &hash,
+            keys_secret: "acme-hmac",
+            credentials_id: "c1",
+        };
+        let d = deployment(ie, "tenants.acme", &inputs).unwrap();
         (d, hash)
+    }
+
+    #[test]
+    fn only_images_the_platform_allows_run() {
+        let mut ie = endpoint(minimal());
+        assert_eq!(settings().image_for(&ie).unwrap(), "anchorpipe-ingest:test");
+        ie.spec.image = Some("anchorpipe-ingest:next".into());
+        assert_eq!(settings().image_for(&ie).unwrap(), "anchorpipe-ingest:next");
+        ie.spec.image = Some("busybox".into());
+        let refused = settings().image_for(&ie).unwrap_err();
+        assert!(refused.contains("`busybox`"), "{refused}");
     }
 
     fn pod(d: &Deployment) -> &PodSpec {
@@ -594,8 +671,8 @@ mod tests {
         assert_eq!(
             env,
             [
-                ("DATABASE_URL", "anchorpipe-platform", "database-url"),
-                ("AMQP_URL", "anchorpipe-platform", "amqp-url")
+                ("DATABASE_URL", "acme-credentials", "database-url"),
+                ("AMQP_URL", "acme-credentials", "amqp-url")
             ]
         );
         let port = &c.ports.as_ref().unwrap()[0];
@@ -818,14 +895,11 @@ mod tests {
     #[test]
     fn custom_resources_and_image_override() {
         let mut spec = minimal();
-        spec["image"] = "registry.example.com/ingest:1.2.3".into();
+        spec["image"] = "anchorpipe-ingest:next".into();
         spec["resources"] = serde_json::json!({"limits": {"memory": "2Gi"}});
         let (d, _) = built(&endpoint(spec));
         let c = &pod(&d).containers[0];
-        assert_eq!(
-            c.image.as_deref(),
-            Some("registry.example.com/ingest:1.2.3")
-        );
+        assert_eq!(c.image.as_deref(), Some("anchorpipe-ingest:next"));
         assert_eq!(
             c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
             "2Gi"

@@ -30,6 +30,15 @@ pub enum Error {
     #[error("broker: {0}")]
     Broker(String),
 
+    /// The endpoint asks for an ingest image the platform does not allow.
+    #[error("{0}")]
+    ImageNotAllowed(String),
+
+    /// Claiming the tenant, its repositories, or minting or revoking its credentials
+    /// failed (the platform database or the broker's management API is away).
+    #[error("tenant accounts: {0}")]
+    Accounts(#[from] crate::accounts::AccountError),
+
     /// Deleting the tenant's queues failed; the finalizer is released anyway once
     /// `deadline_in` has passed, so retries must not be spaced beyond it.
     #[error("broker cleanup: {message}")]
@@ -78,6 +87,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::InvalidSpec(_)
+            | Error::ImageNotAllowed(_)
             | Error::Malformed(_)
             | Error::Conflict { .. }
             | Error::Serialize { .. }

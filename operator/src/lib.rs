@@ -6,14 +6,19 @@
 //! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 
+pub mod accounts;
 pub mod broker;
+pub mod broker_users;
 pub mod builders;
 pub mod crdgen;
+pub mod credentials;
+pub mod database;
 pub mod error;
 pub mod http;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod platform_accounts;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -39,17 +39,31 @@ struct RunArgs {
     /// Ingest image used for endpoints that do not set spec.image.
     #[arg(long, env = "ANCHORPIPE_INGEST_IMAGE")]
     ingest_image: String,
-    /// Secret, in each endpoint's namespace, with the `database-url` and `amqp-url` keys
-    /// handed to the ingest pods.
+    /// Further images endpoints may choose with spec.image (comma-separated). The pods
+    /// hold the tenant's credentials, so nothing else may run with them.
     #[arg(
         long,
-        env = "ANCHORPIPE_PLATFORM_SECRET",
-        default_value = "anchorpipe-platform"
+        env = "ANCHORPIPE_ALLOWED_INGEST_IMAGES",
+        value_delimiter = ',',
+        num_args = 0..
     )]
-    platform_secret: String,
-    /// Broker URL the operator declares tenant topology through.
+    allowed_ingest_images: Vec<String>,
+    /// Broker URL (administrator) the operator declares tenant topology through.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
+    /// Database URL of the owner role: the operator records tenant claims and mints
+    /// each tenant's login with it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// RabbitMQ management API with administrator credentials
+    /// (`http://user:password@host:15672`): the operator mints each tenant's broker user
+    /// through it.
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    rabbitmq_management_url: String,
+    /// Serve IngestionEndpoints in this namespace only (repeat for several). Without it
+    /// the operator serves every namespace and needs cluster-wide rights.
+    #[arg(long = "watch-namespace")]
+    watch_namespaces: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -119,9 +133,16 @@ fn main() -> ExitCode {
             let config = RunConfig {
                 settings: Settings {
                     ingest_image: args.ingest_image,
-                    platform_secret: args.platform_secret,
+                    allowed_ingest_images: args
+                        .allowed_ingest_images
+                        .into_iter()
+                        .filter(|i| !i.is_empty())
+                        .collect(),
                 },
                 amqp_url: args.amqp_url,
+                database_url: args.database_url,
+                rabbitmq_management_url: args.rabbitmq_management_url,
+                watch_namespaces: args.watch_namespaces,
                 listen: args.listen,
                 lease: LeaseConfig {
                     name: args.lease_name,

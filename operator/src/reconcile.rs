@@ -1,9 +1,12 @@
 //! The reconcile pipeline for one `IngestionEndpoint`.
 //!
 //! ```text
-//! finalizer ─ apply:   validate → keys (Secret) → ConfigMap → Deployment → Service
-//!           │          → Ingress? → PDB? → broker topology → status, Events
-//!           └ cleanup: broker queues per deletionPolicy, bounded in time
+//! finalizer ─ apply:   validate → claim tenant id and repositories → keys (Secret)
+//!           │          → credentials (Secret, login, broker user) → ConfigMap
+//!           │          → Deployment → Service → Ingress? → PDB? → retire old credentials
+//!           │          → broker topology → status, Events
+//!           └ cleanup: credentials and claims released; broker queues per
+//!                      deletionPolicy, bounded in time; nothing of another tenant's
 //! ```
 //!
 //! Objects are built by the pure functions in [`crate::builders`] and [`crate::keys`] and
@@ -18,10 +21,11 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anchorpipe_crds::BrokerTopology;
 use anchorpipe_crds::render::{self, RotationPolicy};
 use anchorpipe_crds::v1alpha1::{
     DeletionPolicy, FINALIZER, IngestionEndpoint, IngestionEndpointStatus, ROTATE_ANNOTATION,
-    SKIP_BROKER_CLEANUP_ANNOTATION,
+    ROTATE_CREDENTIALS_ANNOTATION, SKIP_BROKER_CLEANUP_ANNOTATION,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
@@ -38,15 +42,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 
+use crate::accounts::{Accounts, Claimant, Grant, TenantClaim};
 use crate::broker::{Broker, BrokerError};
-use crate::builders::{self, MANAGER, Names, Settings};
+use crate::builders::{self, MANAGER, Names, PodInputs, Settings};
+use crate::credentials::{self, CREDENTIALS_ID_ANNOTATION, CredentialPlan};
 use crate::error::{Error, Result};
 use crate::keys::{self, MintReason};
 use crate::metrics::{
     BrokerOperation, BrokerOutcome, Metrics, Outcome, ReleaseLabels, ReleaseReason, RotationLabels,
     RotationReason,
 };
-use crate::status::{self, Check};
+use crate::status::{self, Check, Checks};
 
 /// The current time; injected so tests can move it.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -70,11 +76,17 @@ pub fn retry_delay(failing_for: Duration) -> Duration {
     failing_for.clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
+/// How often an endpoint waiting on another endpoint (a claimed tenant id or
+/// repository) or on a rollout looks again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub broker: Arc<dyn Broker>,
+    /// Tenant claims and minted credentials (platform database and broker users).
+    pub accounts: Arc<dyn Accounts>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -87,10 +99,12 @@ pub struct Context {
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         settings: Settings,
         broker: Arc<dyn Broker>,
+        accounts: Arc<dyn Accounts>,
         metrics: Arc<Metrics>,
         clock: Clock,
         cleanup_timeout: Duration,
@@ -105,6 +119,7 @@ impl Context {
             client,
             settings,
             broker,
+            accounts,
             metrics,
             clock,
             cleanup_timeout,
@@ -503,43 +518,188 @@ async fn referenced_keys(endpoint: &IngestionEndpoint, name: &str, ctx: &Context
     })
 }
 
-/// Checks that the platform Secret the pods read their URLs from is there.
-async fn platform_secret_problem(
+/// The credentials step's result.
+struct Credentials {
+    check: Check,
+    plan: CredentialPlan,
+    /// Whether the login and broker user of the current set were confirmed to exist.
+    ensured: bool,
+    retry: Option<Error>,
+}
+
+/// The tenant's minted credentials: plan from the Secret, write it, then make sure the
+/// login and broker user exist with exactly the tenant's rights. The Secret is written
+/// first so a set is never created that no Secret records.
+async fn credentials(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    topology: &BrokerTopology,
+    ctx: &Context,
+) -> Result<Credentials> {
+    let names = Names::of(endpoint);
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = api.get_opt(&names.credentials).await?;
+    if let Some(secret) = &existing
+        && !builders::is_owned_by(&secret.metadata, endpoint)
+    {
+        return Err(Error::Conflict {
+            kind: "Secret",
+            name: names.credentials,
+        });
+    }
+    let data: BTreeMap<String, String> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| String::from_utf8(v.0.clone()).ok().map(|v| (k.clone(), v)))
+        .collect();
+    let annotations = existing
+        .as_ref()
+        .map(|s| s.annotations().clone())
+        .unwrap_or_default();
+    let request = endpoint.annotations().get(ROTATE_CREDENTIALS_ANNOTATION);
+    let plan = credentials::plan(&data, &annotations, request.map(String::as_str), || {
+        Ok(ctx.accounts.mint(tenant)?)
+    })?;
+    let urls = ctx.accounts.urls(&plan.current)?;
+    apply_object(
+        &api,
+        &builders::credentials_secret(endpoint, tenant, &plan, &urls)?,
+    )
+    .await?;
+    if let Some(reason) = plan.minted {
+        info!(credentials_id = %plan.current.id, ?reason, "minted tenant credentials");
+        ctx.event(
+            &endpoint.object_ref(&()),
+            EventType::Normal,
+            "CredentialsMinted",
+            "MintCredentials",
+            format!(
+                "minted database login {} and broker user {} into Secret {}",
+                plan.current.database_login, plan.current.amqp_user, names.credentials
+            ),
+        )
+        .await;
+    }
+    let grant = Grant {
+        exchange: topology.exchange.clone(),
+        routing_key: topology.routing_key.clone(),
+    };
+    Ok(
+        match ctx.accounts.ensure(tenant, &plan.current, &grant).await {
+            Ok(()) => Credentials {
+                check: Check::ok(
+                    "CredentialsMinted",
+                    format!(
+                        "database login {} and broker user {} in Secret {}",
+                        plan.current.database_login, plan.current.amqp_user, names.credentials
+                    ),
+                ),
+                plan,
+                ensured: true,
+                retry: None,
+            },
+            Err(e) => {
+                let message = format!("could not create the tenant's credentials: {e}");
+                Credentials {
+                    check: Check::failed("CredentialsUnavailable", message),
+                    plan,
+                    ensured: false,
+                    retry: Some(e.into()),
+                }
+            }
+        },
+    )
+}
+
+/// Revokes the credential set a rotation replaced, once every pod runs the current one.
+async fn retire_credentials(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    creds: &mut Credentials,
+    deployment: &Deployment,
+    ctx: &Context,
+) -> Result<()> {
+    let Some(old) = creds.plan.retiring.clone() else {
+        return Ok(());
+    };
+    let template_id = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(CREDENTIALS_ID_ANNOTATION));
+    if !creds.ensured
+        || template_id != Some(&creds.plan.current.id)
+        || !status::rolled_out(deployment)
+    {
+        return Ok(());
+    }
+    ctx.accounts
+        .revoke_except(tenant, std::slice::from_ref(&creds.plan.current.id))
+        .await?;
+    creds.plan.retiring = None;
+    let urls = ctx.accounts.urls(&creds.plan.current)?;
+    let namespace = endpoint.namespace().unwrap_or_default();
+    apply_object(
+        &Api::<Secret>::namespaced(ctx.client.clone(), &namespace),
+        &builders::credentials_secret(endpoint, tenant, &creds.plan, &urls)?,
+    )
+    .await?;
+    info!(credentials_id = %old, "revoked replaced tenant credentials");
+    ctx.event(
+        &endpoint.object_ref(&()),
+        EventType::Normal,
+        "CredentialsRevoked",
+        "RotateCredentials",
+        format!("revoked credential set {old}: every ingest pod runs the new one"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Reports a spec the operator will not act on and touches nothing else.
+async fn refuse(
     endpoint: &IngestionEndpoint,
     ctx: &Context,
-) -> Result<Option<Check>> {
+    reason: &'static str,
+    message: &str,
+) -> Result<()> {
+    let name = endpoint.name_any();
     let namespace = endpoint.namespace().unwrap_or_default();
-    let name = &ctx.settings.platform_secret;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let missing: Vec<&str> = match api.get_opt(name).await? {
-        None => {
-            return Ok(Some(Check::failed(
-                "PlatformSecretMissing",
-                format!(
-                    "Secret {name} with keys {} and {} must exist in namespace {namespace}",
-                    builders::DATABASE_URL_KEY,
-                    builders::AMQP_URL_KEY
-                ),
-            )));
-        }
-        Some(secret) => [builders::DATABASE_URL_KEY, builders::AMQP_URL_KEY]
-            .into_iter()
-            .filter(|key| {
-                !secret.data.as_ref().is_some_and(|d| d.contains_key(*key))
-                    && !secret
-                        .string_data
-                        .as_ref()
-                        .is_some_and(|d| d.contains_key(*key))
-            })
-            .collect(),
-    };
-    if missing.is_empty() {
-        return Ok(None);
+    let previous = endpoint.status.clone().unwrap_or_default();
+    write_status(
+        &Api::namespaced(ctx.client.clone(), &namespace),
+        &name,
+        &status::refused(
+            reason,
+            message,
+            endpoint.metadata.generation,
+            &previous,
+            (ctx.clock)(),
+        ),
+    )
+    .await?;
+    ctx.event(
+        &endpoint.object_ref(&()),
+        EventType::Warning,
+        reason,
+        "Reconcile",
+        message.to_owned(),
+    )
+    .await;
+    Ok(())
+}
+
+fn claimant(endpoint: &IngestionEndpoint) -> Claimant {
+    Claimant {
+        namespace: endpoint.namespace().unwrap_or_default(),
+        name: endpoint.name_any(),
+        uid: endpoint.uid().unwrap_or_default(),
     }
-    Ok(Some(Check::failed(
-        "PlatformSecretIncomplete",
-        format!("Secret {name} lacks key(s) {}", missing.join(", ")),
-    )))
 }
 
 #[instrument(skip_all, fields(namespace = endpoint.namespace().as_deref(), name = %endpoint.name_any()))]
@@ -555,30 +715,64 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
     let regarding = endpoint.object_ref(&());
 
     // 1. Validate: a spec the schema should have refused is reported, not retried.
-    let config = match render::ingest_config(&endpoint.spec, &name) {
+    let mut config = match render::ingest_config(&endpoint.spec, &namespace, &name) {
         Ok(config) => config,
         Err(e) => {
-            let message = e.to_string();
-            write_status(
-                &endpoints,
-                &name,
-                &status::invalid(&message, generation, &previous, now),
-            )
-            .await?;
-            ctx.event(
-                &regarding,
-                EventType::Warning,
-                "InvalidSpec",
-                "Reconcile",
-                message,
-            )
-            .await;
+            refuse(endpoint, ctx, "InvalidSpec", &e.to_string()).await?;
             return Err(e.into());
+        }
+    };
+    let image = match ctx.settings.image_for(endpoint) {
+        Ok(image) => image,
+        Err(message) => {
+            refuse(endpoint, ctx, "ImageNotAllowed", &message).await?;
+            return Err(Error::ImageNotAllowed(message));
         }
     };
     let tenant = config.tenant.clone();
 
-    // 2. Keys.
+    // 2. Claims: the tenant id, then each repository. A second claimant of the tenant id
+    // touches nothing; it looks again from time to time, as the first may go away.
+    if let TenantClaim::Taken(holder) = ctx
+        .accounts
+        .claim_tenant(&tenant, &claimant(endpoint))
+        .await?
+    {
+        let message = format!(
+            "tenant {tenant} is already served by IngestionEndpoint {}/{}; set a different spec.tenant",
+            holder.namespace, holder.name
+        );
+        refuse(endpoint, ctx, "TenantConflict", &message).await?;
+        return Ok(Action::requeue(ctx.resync.min(CONFLICT_RECHECK)));
+    }
+    let claims = ctx
+        .accounts
+        .claim_repositories(&tenant, &config.repositories)
+        .await?;
+    config.repositories = claims.owned.clone();
+    let repositories = if claims.taken.is_empty() {
+        Check::ok(
+            "RepositoriesClaimed",
+            format!("this endpoint owns all {} repositories", claims.owned.len()),
+        )
+    } else {
+        let taken: Vec<String> = claims.taken.iter().map(ToString::to_string).collect();
+        let message = format!(
+            "repositories {} belong to another IngestionEndpoint; they are left out of this endpoint's config",
+            taken.join(", ")
+        );
+        ctx.event(
+            &regarding,
+            EventType::Warning,
+            "RepositoryConflict",
+            "ClaimRepositories",
+            message.clone(),
+        )
+        .await;
+        Check::failed("RepositoryConflict", message)
+    };
+
+    // 3. Keys.
     let keys = match render::rotation_policy(&endpoint.spec.hmac)? {
         Some(policy) => minted_keys(endpoint, &tenant, policy, now, ctx).await?,
         None => {
@@ -593,11 +787,10 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
         }
     };
 
-    // The pods take the database and broker URLs from the platform Secret; without it
-    // they never start, so say so instead of leaving a bare "pods not ready".
-    let platform = platform_secret_problem(endpoint, ctx).await?;
+    // 4. The tenant's own database login and broker user.
+    let mut creds = credentials(endpoint, &tenant, &config.broker, ctx).await?;
 
-    // 3. Config and workload.
+    // 5. Config and workload.
     let (config_text, config_hash) = builders::config_json(&config)?;
     let client = &ctx.client;
     apply_object(
@@ -609,10 +802,13 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
         &builders::deployment(
             endpoint,
-            &ctx.settings,
             &tenant,
-            &config_hash,
-            &keys.secret_name,
+            &PodInputs {
+                image: &image,
+                config_hash: &config_hash,
+                keys_secret: &keys.secret_name,
+                credentials_id: &creds.plan.current.id,
+            },
         )?,
     )
     .await?;
@@ -637,9 +833,11 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
         None => remove_if_owned(&pdbs, &workload, endpoint).await?,
     }
 
-    // 4. Broker topology.
+    retire_credentials(endpoint, &tenant, &mut creds, &deployment, ctx).await?;
+
+    // 6. Broker topology.
     let topology = &config.broker;
-    let mut retry = keys.retry;
+    let mut retry = keys.retry.or(creds.retry.take());
     let queue = match ctx.broker.declare(topology).await {
         Ok(()) => {
             ctx.metrics
@@ -673,22 +871,17 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
         }
     };
 
-    // 5. Status.
-    let (mut available, ready_replicas) =
+    // 7. Status.
+    let (available, ready_replicas) =
         status::availability(Some(&deployment), endpoint.spec.replicas);
-    if let Some(problem) = platform
-        && !available.ok
-    {
-        retry.get_or_insert(Error::UserSecret {
-            name: ctx.settings.platform_secret.clone(),
-            message: problem.message.clone(),
-        });
-        available = problem;
-    }
     let conditions = status::conditions(
-        &keys.check,
-        &queue,
-        &available,
+        Checks {
+            secret: &keys.check,
+            credentials: &creds.check,
+            repositories: &repositories,
+            queue: &queue,
+            available: &available,
+        },
         generation,
         &previous.conditions,
         now,
@@ -706,6 +899,7 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
         tenant: Some(tenant),
         url: Some(builders::url(endpoint)),
         secret_name: Some(keys.secret_name),
+        credentials_secret_name: Some(Names::of(endpoint).credentials),
         current_key_id: keys.current,
         queue: Some(topology.queue.clone()),
         ready_replicas: Some(ready_replicas),
@@ -725,15 +919,76 @@ async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
     if let Some(error) = retry {
         return Err(error);
     }
-    let next = keys.next_change.map_or(ctx.resync, |d| d.min(ctx.resync));
+    let mut next = keys.next_change.map_or(ctx.resync, |d| d.min(ctx.resync));
+    if !claims.taken.is_empty() || creds.plan.retiring.is_some() {
+        // A repository may be released by its owner, a rollout may finish: look again
+        // soon (the Deployment's own changes wake the controller too).
+        next = next.min(CONFLICT_RECHECK);
+    }
     Ok(Action::requeue(next))
 }
 
 #[instrument(skip_all, fields(namespace = endpoint.namespace().as_deref(), name = %endpoint.name_any()))]
 async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> {
     let name = endpoint.name_any();
-    let tenant = render::tenant(&endpoint.spec, &name);
-    let topology = render::broker_topology(&endpoint.spec, tenant);
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let tenant = render::tenant_id(&endpoint.spec, &namespace, &name);
+    let topology = render::broker_topology(&endpoint.spec, &tenant);
+    let regarding = endpoint.object_ref(&());
+    let who = claimant(endpoint);
+
+    // Only the endpoint holding the tenant id may remove anything of the tenant's.
+    match ctx.accounts.claim_tenant(&tenant, &who).await {
+        Ok(TenantClaim::Ours) => {}
+        Ok(TenantClaim::Taken(holder)) => {
+            info!(%tenant, "tenant held by another endpoint; nothing of it is removed");
+            ctx.event(
+                &regarding,
+                EventType::Normal,
+                "NothingToCleanUp",
+                "Delete",
+                format!(
+                    "tenant {tenant} belongs to IngestionEndpoint {}/{}: its queues and credentials were left alone",
+                    holder.namespace, holder.name
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return give_up_or_retry(endpoint, ctx, "release the tenant", &e.0).await,
+    }
+
+    if let Some(action) = delete_queues(endpoint, &tenant, &topology, ctx).await? {
+        return Ok(action);
+    }
+
+    match ctx.accounts.release(&tenant, &who).await {
+        Ok(()) => {
+            info!(%tenant, "revoked the tenant's credentials and released its claims");
+            ctx.event(
+                &regarding,
+                EventType::Normal,
+                "CredentialsRevoked",
+                "Delete",
+                format!(
+                    "revoked tenant {tenant}'s database login and broker user and released its repositories; stored reports are kept"
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => give_up_or_retry(endpoint, ctx, "release the tenant", &e.0).await,
+    }
+}
+
+/// Deletes the tenant's queues when the deletion policy says so. `Ok(Some(_))` ends the
+/// cleanup early (a retry is due); `Ok(None)` goes on.
+async fn delete_queues(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    topology: &BrokerTopology,
+    ctx: &Context,
+) -> Result<Option<Action>> {
     let regarding = endpoint.object_ref(&());
     let queues = format!("{} and {}", topology.queue, topology.dead_letter_queue);
 
@@ -747,7 +1002,21 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
             format!("kept queues {queues} (deletionPolicy Retain)"),
         )
         .await;
-        return Ok(Action::await_change());
+        return Ok(None);
+    }
+    // A spec naming queues outside the tenant's own names was never applied; deleting by
+    // it would remove another tenant's queue.
+    if let Err(e) = render::owned_broker_names(topology, tenant) {
+        warn!(error = %e, "not deleting queues named outside the tenant");
+        ctx.event(
+            &regarding,
+            EventType::Warning,
+            "QueueNotOwned",
+            "Delete",
+            format!("queues were not deleted: {e}"),
+        )
+        .await;
+        return Ok(None);
     }
     if endpoint
         .annotations()
@@ -769,10 +1038,10 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
             format!("{SKIP_BROKER_CLEANUP_ANNOTATION}=true: queues {queues} were not deleted and may remain on the broker"),
         )
         .await;
-        return Ok(Action::await_change());
+        return Ok(None);
     }
 
-    match ctx.broker.delete(&topology).await {
+    match ctx.broker.delete(topology).await {
         Ok(()) => {
             ctx.metrics
                 .broker(BrokerOperation::Delete, BrokerOutcome::Ok);
@@ -785,7 +1054,7 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
                 format!("deleted queues {queues}"),
             )
             .await;
-            Ok(Action::await_change())
+            Ok(None)
         }
         Err(e) => {
             let outcome = match e {
@@ -793,53 +1062,73 @@ async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Result<Action> 
                 BrokerError::Failed(_) => BrokerOutcome::Error,
             };
             ctx.metrics.broker(BrokerOperation::Delete, outcome);
-            let now = (ctx.clock)();
-            let since = endpoint
-                .metadata
-                .deletion_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or(now);
-            let waited = Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO);
-            if waited >= ctx.cleanup_timeout {
-                ctx.metrics
-                    .finalizers_released_without_cleanup
-                    .get_or_create(&ReleaseLabels {
-                        reason: ReleaseReason::Timeout,
-                    })
-                    .inc();
-                warn!(queue = %topology.queue, error = %e, waited_s = waited.as_secs(), "giving up on broker cleanup");
-                ctx.event(
-                    &regarding,
-                    EventType::Warning,
-                    "BrokerCleanupAbandoned",
-                    "Delete",
-                    format!(
-                        "could not delete queues {queues} within {}s ({e}); released the finalizer, the queues may remain on the broker",
-                        ctx.cleanup_timeout.as_secs()
-                    ),
-                )
-                .await;
-                Ok(Action::await_change())
-            } else {
-                let left = ctx.cleanup_timeout.saturating_sub(waited);
-                ctx.event(
-                    &regarding,
-                    EventType::Warning,
-                    "BrokerCleanupFailed",
-                    "Delete",
-                    format!(
-                        "could not delete queues {queues} ({e}); retrying for another {}s, or set annotation {SKIP_BROKER_CLEANUP_ANNOTATION}=true to give up now",
-                        left.as_secs()
-                    ),
-                )
-                .await;
-                Err(Error::BrokerCleanup {
-                    message: e.to_string(),
-                    deadline_in: left,
-                })
-            }
+            give_up_or_retry(
+                endpoint,
+                ctx,
+                &format!("delete queues {queues}"),
+                &e.to_string(),
+            )
+            .await
+            .map(Some)
         }
+    }
+}
+
+/// A cleanup step failed: retry until `cleanup_timeout` has passed since the deletion
+/// began, then release the finalizer anyway (a namespace must not stay stuck behind a
+/// broker or database that is gone), saying what may be left behind.
+async fn give_up_or_retry(
+    endpoint: &IngestionEndpoint,
+    ctx: &Context,
+    what: &str,
+    error: &str,
+) -> Result<Action> {
+    let regarding = endpoint.object_ref(&());
+    let now = (ctx.clock)();
+    let since = endpoint
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let waited = Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO);
+    if waited >= ctx.cleanup_timeout {
+        ctx.metrics
+            .finalizers_released_without_cleanup
+            .get_or_create(&ReleaseLabels {
+                reason: ReleaseReason::Timeout,
+            })
+            .inc();
+        warn!(%error, waited_s = waited.as_secs(), step = what, "giving up on cleanup");
+        ctx.event(
+            &regarding,
+            EventType::Warning,
+            "BrokerCleanupAbandoned",
+            "Delete",
+            format!(
+                "could not {what} within {}s ({error}); released the finalizer, it may remain",
+                ctx.cleanup_timeout.as_secs()
+            ),
+        )
+        .await;
+        Ok(Action::await_change())
+    } else {
+        let left = ctx.cleanup_timeout.saturating_sub(waited);
+        ctx.event(
+            &regarding,
+            EventType::Warning,
+            "BrokerCleanupFailed",
+            "Delete",
+            format!(
+                "could not {what} ({error}); retrying for another {}s, or set annotation {SKIP_BROKER_CLEANUP_ANNOTATION}=true to give up now",
+                left.as_secs()
+            ),
+        )
+        .await;
+        Err(Error::BrokerCleanup {
+            message: format!("{what}: {error}"),
+            deadline_in: left,
+        })
     }
 }
 

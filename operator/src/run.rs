@@ -16,12 +16,16 @@ use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, error, info, warn};
 
+use crate::accounts::AccountError;
 use crate::broker::AmqpBroker;
+use crate::broker_users::ManagementApi;
 use crate::builders::{MANAGED_BY_SELECTOR, Settings};
-use crate::error::Result;
+use crate::database::TenantDb;
+use crate::error::{Error, Result};
 use crate::http::{HttpState, router};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::platform_accounts::PlatformAccounts;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::watch;
 
@@ -30,6 +34,10 @@ use crate::watch;
 pub struct RunConfig {
     pub settings: Settings,
     pub amqp_url: String,
+    pub database_url: String,
+    pub rabbitmq_management_url: String,
+    /// Namespaces to serve; empty means every namespace.
+    pub watch_namespaces: Vec<String>,
     pub listen: SocketAddr,
     pub lease: LeaseConfig,
     pub lease_namespace: String,
@@ -69,52 +77,45 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.amqp_url.clone(),
         config.broker_timeout,
     ));
+    let users = Arc::new(
+        ManagementApi::new(&config.rabbitmq_management_url, config.broker_timeout)
+            .map_err(|e| Error::Accounts(AccountError(e.to_string())))?,
+    );
+    let db = TenantDb::connect(&config.database_url)
+        .await
+        .map_err(|e| Error::Accounts(AccountError(e.to_string())))?;
+    let accounts = Arc::new(PlatformAccounts::new(
+        db,
+        users,
+        config.database_url.clone(),
+        config.amqp_url.clone(),
+    )?);
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.settings.clone(),
         broker,
+        accounts,
         metrics.clone(),
         Arc::new(Timestamp::now),
         config.cleanup_timeout,
         config.resync,
     ));
-    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let (reader, writer) = reflector::store();
-    let controller = Controller::for_stream(
-        watch::primary(
-            Api::<DeserializeGuard<IngestionEndpoint>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            writer,
-        ),
-        reader,
-    )
-    .owns_stream(watch::owned(
-        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
-        owned.clone(),
-    ))
-    .owns_stream(watch::owned(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        owned.clone(),
-    ))
-    .owns_stream(watch::owned(
-        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-        owned,
-    ))
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            // An owned object changed after its endpoint was deleted: nothing to do.
-            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
-                debug!(%object, "endpoint gone");
-            }
-            // Reconcile errors were logged by the error policy already, watch errors by
-            // their watch.
-            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-            Err(error) => warn!(%error, "controller stream error"),
-            Ok(_) => {}
-        }
-    });
+    // One controller for the whole cluster, or one per watched namespace (each with
+    // its own cache: a reflector's store holds one watch's objects).
+    let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    info!(namespaces = ?config.watch_namespaces, "serving IngestionEndpoints");
+    let controllers = futures_util::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| controller(client.clone(), scope, ctx.clone())),
+    );
+    let controller = async {
+        controllers.await;
+    };
 
     let outcome = tokio::select! {
         () = controller => {
@@ -131,4 +132,59 @@ pub async fn run(config: RunConfig) -> Result<()> {
         elector.release().await;
     }
     outcome
+}
+
+/// An `Api` over the whole cluster, or over one namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller over `namespace` (all when `None`) until it shuts down.
+async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    let ns = namespace.as_deref();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (reader, writer) = reflector::store();
+    Controller::for_stream(
+        watch::primary(
+            scoped::<DeserializeGuard<IngestionEndpoint>>(&client, ns),
+            watcher::Config::default().any_semantic(),
+            writer,
+        ),
+        reader,
+    )
+    .owns_stream(watch::owned(
+        scoped::<PartialObjectMeta<Deployment>>(&client, ns),
+        owned.clone(),
+    ))
+    .owns_stream(watch::owned(
+        scoped::<PartialObjectMeta<Secret>>(&client, ns),
+        owned.clone(),
+    ))
+    .owns_stream(watch::owned(
+        scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        owned,
+    ))
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            // An owned object changed after its endpoint was deleted: nothing to do.
+            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                debug!(%object, "endpoint gone");
+            }
+            // Reconcile errors were logged by the error policy already, watch errors by
+            // their watch.
+            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+            Err(error) => warn!(%error, "controller stream error"),
+            Ok(_) => {}
+        }
+    })
+    .await;
 }

@@ -1,8 +1,9 @@
 //! The endpoint's status conditions, computed from what the reconcile observed.
 //!
 //! Pure: the reconcile gathers one [`Check`] per concern and this module turns them into
-//! `SecretReady`, `QueueReady`, `Available` and the summary `Ready`, keeping each
-//! condition's `lastTransitionTime` when its status did not change.
+//! `SecretReady`, `CredentialsReady`, `RepositoriesOwned`, `QueueReady`, `Available` and
+//! the summary `Ready`, keeping each condition's `lastTransitionTime` when its status did
+//! not change.
 
 use anchorpipe_crds::v1alpha1::IngestionEndpointStatus;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -10,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 pub const SECRET_READY: &str = "SecretReady";
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
+pub const REPOSITORIES_OWNED: &str = "RepositoriesOwned";
 pub const QUEUE_READY: &str = "QueueReady";
 pub const AVAILABLE: &str = "Available";
 pub const READY: &str = "Ready";
@@ -125,20 +128,43 @@ fn condition(
     }
 }
 
-/// The four conditions. `Ready` is true when the other three are, otherwise it carries
-/// the first failing one's reason and message.
+/// One check per condition type, in the order they are listed.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks<'a> {
+    pub secret: &'a Check,
+    pub credentials: &'a Check,
+    pub repositories: &'a Check,
+    pub queue: &'a Check,
+    pub available: &'a Check,
+}
+
+impl<'a> Checks<'a> {
+    /// The same check for every concern (a refused spec).
+    pub fn all(check: &'a Check) -> Self {
+        Self {
+            secret: check,
+            credentials: check,
+            repositories: check,
+            queue: check,
+            available: check,
+        }
+    }
+}
+
+/// The conditions. `Ready` is true when all the others are, otherwise it carries the
+/// first failing one's reason and message.
 pub fn conditions(
-    secret: &Check,
-    queue: &Check,
-    available: &Check,
+    checks: Checks<'_>,
     generation: Option<i64>,
     previous: &[Condition],
     now: Timestamp,
 ) -> Vec<Condition> {
     let checks = [
-        (SECRET_READY, secret),
-        (QUEUE_READY, queue),
-        (AVAILABLE, available),
+        (SECRET_READY, checks.secret),
+        (CREDENTIALS_READY, checks.credentials),
+        (REPOSITORIES_OWNED, checks.repositories),
+        (QUEUE_READY, checks.queue),
+        (AVAILABLE, checks.available),
     ];
     let ready = match checks.iter().find(|(_, c)| !c.ok) {
         None => Check::ok("Ready", "the endpoint accepts reports"),
@@ -152,27 +178,35 @@ pub fn conditions(
     out
 }
 
-/// Status for a spec the operator refuses: every condition false with the same reason,
-/// nothing else claimed.
-pub fn invalid(
+/// Status for a spec the operator refuses (`InvalidSpec`, `TenantConflict`,
+/// `ImageNotAllowed`): every condition false with the same reason, nothing else claimed.
+pub fn refused(
+    reason: &'static str,
     message: &str,
     generation: Option<i64>,
     previous: &IngestionEndpointStatus,
     now: Timestamp,
 ) -> IngestionEndpointStatus {
-    let check = Check::failed("InvalidSpec", message);
+    let check = Check::failed(reason, message);
     IngestionEndpointStatus {
         observed_generation: generation,
-        conditions: conditions(
-            &check,
-            &check,
-            &check,
-            generation,
-            &previous.conditions,
-            now,
-        ),
+        conditions: conditions(Checks::all(&check), generation, &previous.conditions, now),
         ..previous.clone()
     }
+}
+
+/// Whether every pod of the Deployment runs its current template: no pod of an earlier
+/// rollout is left (so credentials only those pods used can be revoked).
+pub fn rolled_out(deployment: &Deployment) -> bool {
+    let Some(status) = deployment.status.as_ref() else {
+        return false;
+    };
+    let desired = deployment.spec.replicas.unwrap_or(1);
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    status.observed_generation.unwrap_or(0) >= generation
+        && generation > 0
+        && status.updated_replicas.unwrap_or(0) == desired
+        && status.replicas.unwrap_or(0) == desired
 }
 
 #[cfg(test)]
@@ -256,29 +290,45 @@ mod tests {
         assert!(!availability(Some(&unobserved), 1).0.ok);
     }
 
+    /// Every check `ok` but the queue's.
+    fn checks<'a>(ok: &'a Check, queue: &'a Check) -> Checks<'a> {
+        Checks {
+            queue,
+            ..Checks::all(ok)
+        }
+    }
+
     #[test]
     fn ready_summarises_the_first_failure() {
         let ok = Check::ok("Fine", "ok");
         let down = Check::failed("BrokerUnavailable", "connection refused");
-        let all = conditions(&ok, &down, &ok, Some(3), &[], now());
+        let all = conditions(checks(&ok, &down), Some(3), &[], now());
         let ready = all.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "BrokerUnavailable");
         assert!(ready.message.starts_with("QueueReady:"));
         assert!(all.iter().all(|c| c.observed_generation == Some(3)));
-        let all = conditions(&ok, &ok, &ok, Some(3), &[], now());
+        let all = conditions(checks(&ok, &ok), Some(3), &[], now());
         assert!(all.iter().all(|c| c.status == "True"));
     }
 
     #[test]
     fn transition_time_moves_only_on_change() {
         let ok = Check::ok("Fine", "ok");
-        let first = conditions(&ok, &ok, &ok, Some(1), &[], now());
+        let first = conditions(Checks::all(&ok), Some(1), &[], now());
         let later: Timestamp = "2026-05-01T13:00:00Z".parse().unwrap();
-        let same = conditions(&ok, &ok, &ok, Some(2), &first, later);
+        let same = conditions(Checks::all(&ok), Some(2), &first, later);
         assert_eq!(same[0].last_transition_time, Time(now()));
         let down = Check::failed("X", "y");
-        let changed = conditions(&down, &ok, &ok, Some(2), &first, later);
+        let changed = conditions(
+            Checks {
+                secret: &down,
+                ..Checks::all(&ok)
+            },
+            Some(2),
+            &first,
+            later,
+        );
         assert_eq!(changed[0].last_transition_time, Time(later));
         assert_eq!(changed[1].last_transition_time, Time(now()));
     }

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::accounts::FakeAccounts;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +38,9 @@ const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/tenants/deployments/acme-inge
 const SERVICE: &str = "/api/v1/namespaces/tenants/services/acme-ingest";
 const PDB: &str = "/apis/policy/v1/namespaces/tenants/poddisruptionbudgets/acme-ingest";
 const INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/tenants/ingresses/acme-ingest";
-const PLATFORM: &str = "/api/v1/namespaces/tenants/secrets/anchorpipe-platform";
+const CREDENTIALS: &str = "/api/v1/namespaces/tenants/secrets/acme-credentials";
+/// The tenant id of `tenants/acme`.
+const TENANT: &str = "tenants.acme";
 const REPO: &str = "7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61";
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -78,6 +82,7 @@ impl Broker for FakeBroker {
 struct Harness {
     store: Arc<Mutex<Store>>,
     broker: Arc<FakeBroker>,
+    accounts: Arc<FakeAccounts>,
     now: Arc<Mutex<Timestamp>>,
     ctx: Arc<Context>,
     metrics: Arc<Metrics>,
@@ -93,13 +98,9 @@ impl Harness {
             now: t0().to_string(),
             ..Store::default()
         }));
-        store.lock().unwrap().objects.insert(
-            PLATFORM.into(),
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "anchorpipe-platform", "namespace": NS},
-                   "data": {"database-url": "cG9zdGdyZXM6Ly8=", "amqp-url": "YW1xcDovLw=="}}),
-        );
         let client = support::client(store.clone());
         let broker = Arc::new(FakeBroker::default());
+        let accounts = Arc::new(FakeAccounts::default());
         let now = Arc::new(Mutex::new(t0()));
         let clock_now = now.clone();
         let metrics = Arc::new(Metrics::default());
@@ -107,9 +108,10 @@ impl Harness {
             client,
             Settings {
                 ingest_image: "anchorpipe-ingest:test".into(),
-                platform_secret: "anchorpipe-platform".into(),
+                allowed_ingest_images: vec!["anchorpipe-ingest:canary".into()],
             },
             broker.clone(),
+            accounts.clone(),
             metrics.clone(),
             Arc::new(move || *clock_now.lock().unwrap()),
             Duration::from_secs(300),
@@ -118,6 +120,7 @@ impl Harness {
         Self {
             store,
             broker,
+            accounts,
             now,
             ctx,
             metrics,
@@ -230,6 +233,19 @@ impl Harness {
         )
     }
 
+    fn condition_message(&self, type_: &str) -> String {
+        let obj = self.get(IE).unwrap();
+        obj["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     fn event_reasons(&self) -> Vec<String> {
         self.store
             .lock()
@@ -299,7 +315,7 @@ async fn create_builds_every_object_and_becomes_ready() {
     assert!(h.get(SECRET).is_none());
 
     h.reconcile().await.unwrap();
-    for path in [SECRET, CONFIG_MAP, DEPLOYMENT, SERVICE, PDB] {
+    for path in [SECRET, CREDENTIALS, CONFIG_MAP, DEPLOYMENT, SERVICE, PDB] {
         let obj = h.get(path).unwrap_or_else(|| panic!("{path} missing"));
         let owner = &obj["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "IngestionEndpoint", "{path}");
@@ -312,14 +328,15 @@ async fn create_builds_every_object_and_becomes_ready() {
     }
     assert!(h.get(INGRESS).is_none());
     assert_eq!(h.key_ids().len(), 1);
-    assert_eq!(h.config()["tenant"], "acme");
+    assert_eq!(h.config()["tenant"], TENANT);
+    assert_eq!(h.config()["repositories"], json!([REPO]));
     assert_eq!(
         h.config()["rateLimit"]["perEndpoint"]["requestsPerMinute"],
         300
     );
     assert_eq!(
         h.broker.declared.lock().unwrap()[0].queue,
-        "anchorpipe.acme.reports"
+        "anchorpipe.tenants.acme.reports"
     );
 
     // Pods not ready yet: everything but Available.
@@ -340,9 +357,30 @@ async fn create_builds_every_object_and_becomes_ready() {
     );
     assert_eq!(status["secretName"], "acme-hmac");
     assert_eq!(status["currentKeyId"], json!(h.key_ids()[0]));
-    assert_eq!(status["queue"], "anchorpipe.acme.reports");
+    assert_eq!(status["queue"], "anchorpipe.tenants.acme.reports");
     assert_eq!(status["readyReplicas"], 2);
-    assert_eq!(status["tenant"], "acme");
+    assert_eq!(status["tenant"], TENANT);
+    assert_eq!(status["credentialsSecretName"], "acme-credentials");
+    // The pods connect with the tenant's own credentials, named in the Secret.
+    let creds = h.get(CREDENTIALS).unwrap();
+    let id = creds["metadata"]["annotations"]["anchorpipe.dev/credentials-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.accounts.live_credentials(TENANT), [id.clone()]);
+    let grant = h.accounts.state.lock().unwrap().grants[&id].clone();
+    assert_eq!(grant.routing_key, "tenant.tenants.acme.test-run");
+    let template = &h.get(DEPLOYMENT).unwrap()["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["anchorpipe.dev/credentials-id"],
+        json!(id)
+    );
+    assert_eq!(
+        template["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "acme-credentials"
+    );
+    assert_eq!(h.condition("CredentialsReady").0, "True");
+    assert_eq!(h.condition("RepositoriesOwned").0, "True");
     let events = h.event_reasons();
     assert!(events.contains(&"KeyMinted".to_owned()), "{events:?}");
     assert!(events.contains(&"Ready".to_owned()), "{events:?}");
@@ -497,7 +535,7 @@ async fn deletion_removes_queues_then_the_finalizer() {
     h.reconcile().await.unwrap();
     assert_eq!(
         h.broker.deleted.lock().unwrap()[0].queue,
-        "anchorpipe.acme.reports"
+        "anchorpipe.tenants.acme.reports"
     );
     assert!(h.get(IE).is_none(), "finalizer released, object gone");
     assert!(h.event_reasons().contains(&"QueueDeleted".to_owned()));
@@ -666,10 +704,7 @@ async fn invalid_spec_waits_for_a_change() {
         Action::await_change()
     );
     assert_eq!(h.condition("Ready"), ("False".into(), "InvalidSpec".into()));
-    let message = h.get(IE).unwrap()["status"]["conditions"][3]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = h.condition_message("Ready");
     assert!(message.contains("gracePeriod"), "{message}");
     assert!(
         h.get(DEPLOYMENT).is_none(),
@@ -749,15 +784,199 @@ async fn referenced_secret_is_mounted_and_checked() {
 }
 
 #[tokio::test]
-async fn missing_platform_secret_is_named_in_the_status() {
+async fn a_second_endpoint_for_the_same_tenant_touches_nothing() {
     let h = Harness::new();
-    h.store.lock().unwrap().objects.remove(PLATFORM);
-    h.put(spec(), json!({}));
-    let err = h.converge().await.unwrap_err();
-    assert!(!err.is_permanent(), "{err}");
+    // Another endpoint of the namespace holds the tenant id `tenants.acme`.
+    let holder = anchorpipe_operator::accounts::Claimant {
+        namespace: NS.into(),
+        name: "first".into(),
+        uid: "uid-first".into(),
+    };
+    h.accounts
+        .state
+        .lock()
+        .unwrap()
+        .tenants
+        .insert(TENANT.into(), holder);
+    let mut s = spec();
+    s["queue"] = json!({"deletionPolicy": "Delete"});
+    h.put(s, json!({}));
+    h.reconcile().await.unwrap();
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(
-        h.condition("Available"),
-        ("False".into(), "PlatformSecretMissing".into())
+        h.condition("Ready"),
+        ("False".into(), "TenantConflict".into())
     );
-    assert!(h.get(DEPLOYMENT).is_some(), "the rest is applied anyway");
+    assert!(h.condition_message("Ready").contains("tenants/first"));
+    for path in [SECRET, CREDENTIALS, CONFIG_MAP, DEPLOYMENT] {
+        assert!(
+            h.get(path).is_none(),
+            "{path} created for a conflicting tenant"
+        );
+    }
+    assert!(h.broker.declared.lock().unwrap().is_empty());
+
+    // Deleting it leaves the holder's queues, credentials and claim alone.
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+    assert!(h.broker.deleted.lock().unwrap().is_empty());
+    assert_eq!(
+        h.accounts.state.lock().unwrap().tenants[TENANT].uid,
+        "uid-first"
+    );
+    assert!(h.event_reasons().contains(&"NothingToCleanUp".to_owned()));
+}
+
+#[tokio::test]
+async fn a_repository_of_another_tenant_is_left_out_and_reported() {
+    let h = Harness::new();
+    let other = "0b0b0b0b-0000-4000-8000-000000000001";
+    h.accounts
+        .state
+        .lock()
+        .unwrap()
+        .repositories
+        .insert(other.parse().unwrap(), "elsewhere.team".into());
+    let mut s = spec();
+    s["repositories"] = json!([REPO, other]);
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+    assert_eq!(h.config()["repositories"], json!([REPO]));
+    assert_eq!(
+        h.condition("RepositoriesOwned"),
+        ("False".into(), "RepositoryConflict".into())
+    );
+    assert!(h.condition_message("RepositoriesOwned").contains(other));
+    assert_eq!(h.condition("Ready").1, "RepositoryConflict");
+    assert!(h.event_reasons().contains(&"RepositoryConflict".to_owned()));
+
+    // The owner lets it go: the next reconcile claims it.
+    h.accounts
+        .state
+        .lock()
+        .unwrap()
+        .repositories
+        .remove(&other.parse().unwrap());
+    h.reconcile().await.unwrap();
+    assert_eq!(h.config()["repositories"], json!([REPO, other]));
+    assert_eq!(h.condition("RepositoriesOwned").0, "True");
+}
+
+#[tokio::test]
+async fn an_image_the_platform_does_not_allow_is_refused() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["image"] = json!("busybox");
+    h.put(s, json!({}));
+    h.reconcile().await.unwrap();
+    let err = h.reconcile().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "ImageNotAllowed".into())
+    );
+    assert!(h.get(DEPLOYMENT).is_none());
+    assert!(h.get(CREDENTIALS).is_none(), "no credentials for it either");
+
+    // An allowed one runs.
+    let mut s = spec();
+    s["image"] = json!("anchorpipe-ingest:canary");
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+    assert_eq!(
+        h.get(DEPLOYMENT).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
+        "anchorpipe-ingest:canary"
+    );
+}
+
+#[tokio::test]
+async fn names_of_another_tenant_are_refused_and_never_deleted() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["queue"] = json!({"name": "anchorpipe.other.ci.reports", "deletionPolicy": "Delete"});
+    h.put(s, json!({}));
+    h.reconcile().await.unwrap();
+    let err = h.reconcile().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(h.condition("Ready"), ("False".into(), "InvalidSpec".into()));
+    assert!(
+        h.condition_message("Ready")
+            .contains("anchorpipe.tenants.acme.")
+    );
+    assert!(h.broker.declared.lock().unwrap().is_empty());
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+    assert!(
+        h.broker.deleted.lock().unwrap().is_empty(),
+        "another tenant's queue deleted"
+    );
+}
+
+#[tokio::test]
+async fn credential_rotation_rolls_the_pods_then_revokes_the_old_set() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    h.set_deployment_ready(2);
+    h.reconcile().await.unwrap();
+    let first = h.accounts.live_credentials(TENANT);
+    assert_eq!(first.len(), 1);
+
+    h.put(spec(), json!({"anchorpipe.dev/rotate-credentials": "1"}));
+    h.reconcile().await.unwrap();
+    let both = h.accounts.live_credentials(TENANT);
+    assert_eq!(both.len(), 2, "the old set stays while old pods run");
+    let creds = h.get(CREDENTIALS).unwrap();
+    let current = creds["metadata"]["annotations"]["anchorpipe.dev/credentials-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(current, first[0]);
+    assert_eq!(
+        creds["metadata"]["annotations"]["anchorpipe.dev/retiring-credentials-id"],
+        json!(first[0])
+    );
+    assert!(h.event_reasons().contains(&"CredentialsMinted".to_owned()));
+
+    // The Deployment controller rolls the pods onto the new template.
+    h.set_deployment_ready(2);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.accounts.live_credentials(TENANT), [current]);
+    assert!(
+        h.get(CREDENTIALS).unwrap()["metadata"]["annotations"]
+            .get("anchorpipe.dev/retiring-credentials-id")
+            .is_none()
+    );
+    assert!(h.event_reasons().contains(&"CredentialsRevoked".to_owned()));
+}
+
+#[tokio::test]
+async fn deletion_revokes_credentials_and_releases_claims() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    assert_eq!(h.accounts.live_credentials(TENANT).len(), 1);
+    h.delete();
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+    let state = h.accounts.state.lock().unwrap();
+    assert!(state.tenants.is_empty());
+    assert!(state.repositories.is_empty());
+    assert!(state.credentials.get(TENANT).is_none());
+}
+
+#[tokio::test]
+async fn the_platform_database_away_is_retried_not_fatal() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.reconcile().await.unwrap();
+    h.accounts.down.store(true, Ordering::SeqCst);
+    let err = h.reconcile().await.unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    h.accounts.down.store(false, Ordering::SeqCst);
+    h.converge().await.unwrap();
+    assert_eq!(h.condition("CredentialsReady").0, "True");
 }

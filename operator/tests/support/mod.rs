@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod accounts;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

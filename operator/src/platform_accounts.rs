@@ -1,0 +1,230 @@
+//! [`Accounts`] on the platform's own services: claims and database logins in
+//! PostgreSQL ([`crate::database`]), broker users through RabbitMQ's management API
+//! ([`crate::broker_users`]). This is where the platform's admin credentials are used;
+//! the URLs handed to tenants carry only the tenant's minted credentials.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::accounts::{
+    AccountError, Accounts, Claimant, CredentialSet, Grant, RepositoryClaims, TenantClaim,
+    TenantUrls,
+};
+use crate::broker_users::{self, BrokerUsers, TenantGrant};
+use crate::database::{self, TenantDb};
+
+/// Claims and credentials on the platform database and broker.
+pub struct PlatformAccounts {
+    db: TenantDb,
+    users: Arc<dyn BrokerUsers>,
+    /// The owner's URL: tenant URLs reuse its host, port, database and parameters.
+    database_url: String,
+    /// The broker admin's URL: tenant URLs reuse its host, port and vhost.
+    amqp_url: String,
+    vhost: String,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> AccountError {
+    AccountError(format!("{what}: {e}"))
+}
+
+impl PlatformAccounts {
+    pub fn new(
+        db: TenantDb,
+        users: Arc<dyn BrokerUsers>,
+        database_url: String,
+        amqp_url: String,
+    ) -> Result<Self, AccountError> {
+        let vhost = broker_users::vhost_of(&amqp_url).map_err(|e| failed("broker URL", e))?;
+        Ok(Self {
+            db,
+            users,
+            database_url,
+            amqp_url,
+            vhost,
+        })
+    }
+
+    /// The broker user name prefix of every credential set of `tenant`.
+    fn user_prefix(tenant: &str) -> String {
+        broker_users::user_name(tenant, "")
+    }
+
+    /// Whether `user` is one of `tenant`'s own users: the prefix followed by a credential
+    /// id and nothing else. (Tenant `a.b`'s prefix also starts tenant `a.b-c`'s users;
+    /// their rest is not a bare id.)
+    fn is_users_of(tenant: &str, user: &str) -> bool {
+        user.strip_prefix(&Self::user_prefix(tenant))
+            .is_some_and(|id| {
+                id.len() == CREDENTIAL_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+    }
+}
+
+/// Hex digits of a credential set id.
+const CREDENTIAL_ID_LEN: usize = 8;
+
+/// A short random id for a credential set (8 hex digits): part of the login and user
+/// names, so each set's names are new.
+fn credential_id() -> Result<String, AccountError> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 4];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| failed("randomness", e))?;
+    Ok(hex::encode(bytes))
+}
+
+impl Accounts for PlatformAccounts {
+    fn claim_tenant<'a>(
+        &'a self,
+        tenant: &'a str,
+        who: &'a Claimant,
+    ) -> BoxFuture<'a, Result<TenantClaim, AccountError>> {
+        Box::pin(async move {
+            let claimant = database::Claimant {
+                namespace: who.namespace.clone(),
+                name: who.name.clone(),
+                uid: who.uid.clone(),
+            };
+            match self.db.claim_tenant(tenant, &claimant).await {
+                Ok(database::TenantClaim::Ours) => Ok(TenantClaim::Ours),
+                Ok(database::TenantClaim::Taken(holder)) => Ok(TenantClaim::Taken(Claimant {
+                    namespace: holder.namespace,
+                    name: holder.name,
+                    uid: holder.uid,
+                })),
+                Err(e) => Err(failed("claiming the tenant", e)),
+            }
+        })
+    }
+
+    fn claim_repositories<'a>(
+        &'a self,
+        tenant: &'a str,
+        repositories: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<RepositoryClaims, AccountError>> {
+        Box::pin(async move {
+            let claims = self
+                .db
+                .claim_repositories(tenant, repositories)
+                .await
+                .map_err(|e| failed("claiming repositories", e))?;
+            Ok(RepositoryClaims {
+                owned: claims.owned,
+                taken: claims.taken,
+            })
+        })
+    }
+
+    fn mint(&self, tenant: &str) -> Result<CredentialSet, AccountError> {
+        let id = credential_id()?;
+        Ok(CredentialSet {
+            database_login: database::login_name(tenant, &id),
+            database_password: database::mint_password().map_err(|e| failed("password", e))?,
+            amqp_user: broker_users::user_name(tenant, &id),
+            amqp_password: database::mint_password().map_err(|e| failed("password", e))?,
+            id,
+        })
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        tenant: &'a str,
+        set: &'a CredentialSet,
+        grant: &'a Grant,
+    ) -> BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async move {
+            self.db
+                .ensure_login(tenant, &set.database_login, &set.database_password)
+                .await
+                .map_err(|e| failed("database login", e))?;
+            let grant = TenantGrant {
+                vhost: self.vhost.clone(),
+                exchange: grant.exchange.clone(),
+                routing_key: grant.routing_key.clone(),
+            };
+            self.users
+                .ensure_user(&set.amqp_user, &set.amqp_password, &grant)
+                .await
+                .map_err(|e| failed("broker user", e))
+        })
+    }
+
+    fn revoke_except<'a>(
+        &'a self,
+        tenant: &'a str,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async move {
+            let kept_logins: Vec<String> = keep
+                .iter()
+                .map(|id| database::login_name(tenant, id))
+                .collect();
+            for login in self
+                .db
+                .logins(tenant)
+                .await
+                .map_err(|e| failed("listing logins", e))?
+            {
+                if !kept_logins.contains(&login) {
+                    self.db
+                        .drop_login(&login)
+                        .await
+                        .map_err(|e| failed("dropping a login", e))?;
+                }
+            }
+            let kept_users: Vec<String> = keep
+                .iter()
+                .map(|id| broker_users::user_name(tenant, id))
+                .collect();
+            for user in self
+                .users
+                .users_with_prefix(&Self::user_prefix(tenant))
+                .await
+                .map_err(|e| failed("listing broker users", e))?
+            {
+                if Self::is_users_of(tenant, &user) && !kept_users.contains(&user) {
+                    self.users
+                        .delete_user(&user)
+                        .await
+                        .map_err(|e| failed("deleting a broker user", e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        tenant: &'a str,
+        who: &'a Claimant,
+    ) -> BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async move {
+            self.revoke_except(tenant, &[]).await?;
+            self.db
+                .release_tenant(tenant, &who.uid)
+                .await
+                .map_err(|e| failed("releasing the tenant", e))
+        })
+    }
+
+    fn urls(&self, set: &CredentialSet) -> Result<TenantUrls, AccountError> {
+        Ok(TenantUrls {
+            database_url: database::tenant_database_url(
+                &self.database_url,
+                &set.database_login,
+                &set.database_password,
+            )
+            .map_err(|e| failed("database URL", e))?,
+            amqp_url: broker_users::tenant_amqp_url(
+                &self.amqp_url,
+                &set.amqp_user,
+                &set.amqp_password,
+            )
+            .map_err(|e| failed("broker URL", e))?,
+        })
+    }
+}
