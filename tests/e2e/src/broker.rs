@@ -92,3 +92,71 @@ pub async fn delete_queues(queues: &[String]) {
     }
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// Publishes one persistent message to `exchange` with `routing_key` on a confirm
+/// channel, connected with `url` (a tenant's credentials). `Err` when the broker refuses
+/// (the channel is closed, or the publish is not confirmed).
+pub async fn publish_as(url: &str, exchange: &str, routing_key: &str) -> Result<(), String> {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let result = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("confirm_select: {e}"))?;
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(|e| format!("publish: {e}"))?
+            .await
+            .map_err(|e| format!("confirm: {e}"))?;
+        if confirm.is_nack() {
+            return Err("nacked".to_owned());
+        }
+        // A refused publish closes the channel asynchronously; a round trip after it
+        // makes the refusal visible.
+        channel
+            .basic_qos(1, Default::default())
+            .await
+            .map_err(|e| format!("after publish: {e}"))?;
+        Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    result
+}
+
+/// One `basic.get` on `queue` connected with `url` (a tenant's credentials); the
+/// message is requeued. `Err` when the broker refuses.
+pub async fn get_as(url: &str, queue: &str) -> Result<bool, String> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let result = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        let message = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .map_err(|e| format!("basic_get: {e}"))?;
+        Ok(message.is_some())
+    }
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    result
+}

@@ -15,8 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anchorpipe_crds::v1alpha1::IngestionEndpoint;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -32,8 +31,10 @@ pub static DISRUPTION: RwLock<()> = RwLock::const_new(());
 /// Field manager of everything the tests apply.
 pub const MANAGER: &str = "anchorpipe-e2e";
 
-/// The operator's platform Secret name (its `--platform-secret` default).
-pub const PLATFORM_SECRET: &str = "anchorpipe-platform";
+/// The platform database every tenant of the run shares, as one database serves every
+/// tenant of a real cluster. Tenants are kept apart by their minted logins and
+/// row-level security, not by databases.
+pub const PLATFORM_DATABASE: &str = "anchorpipe_e2e";
 
 /// Seconds a deletion waits for a down broker before the operator releases the
 /// finalizer: short, so the broker-down deletion test sees the whole bounded wait.
@@ -137,6 +138,41 @@ struct OperatorProcess {
 
 static OPERATOR: Mutex<Option<OperatorProcess>> = Mutex::new(None);
 
+static PLATFORM: OnceCell<String> = OnceCell::const_new();
+
+/// The platform database (created afresh and migrated once per test binary, with the
+/// owner's credentials, as the chart's migration Job does), as an owner URL.
+pub async fn platform_database() -> String {
+    PLATFORM
+        .get_or_init(|| async {
+            let base = required_env("DATABASE_URL");
+            let mut conn = sqlx::PgConnection::connect(&base)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {base}: {e}"));
+            for statement in [
+                format!("DROP DATABASE IF EXISTS \"{PLATFORM_DATABASE}\" WITH (FORCE)"),
+                format!("CREATE DATABASE \"{PLATFORM_DATABASE}\""),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            }
+            let _ = conn.close().await;
+            let url = with_database(&base, PLATFORM_DATABASE);
+            let status = Command::new(binary("anchorpipe-ingest"))
+                .arg("migrate")
+                .env("DATABASE_URL", &url)
+                .stdin(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("anchorpipe-ingest migrate: {e}"));
+            assert!(status.success(), "migrating {PLATFORM_DATABASE} failed");
+            url
+        })
+        .await
+        .clone()
+}
+
 fn is_running(pid: u32) -> bool {
     // A killed child of the guardian stays a zombie until the guardian reaps it.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -151,6 +187,11 @@ fn is_running(pid: u32) -> bool {
 fn spawn_operator() -> OperatorProcess {
     let log = log_dir().join("operator.log");
     let amqp_url = required_env("AMQP_URL");
+    let management_url = required_env("RABBITMQ_MANAGEMENT_URL");
+    let database_url = PLATFORM
+        .get()
+        .cloned()
+        .unwrap_or_else(|| panic!("platform_database() must run before the operator starts"));
     let script = r#""$@" >>"$E2E_OPERATOR_LOG" 2>&1 </dev/null & echo $!; read -r _; kill -9 $! 2>/dev/null; wait"#;
     let cleanup = CLEANUP_TIMEOUT_SECONDS.to_string();
     let mut guardian = Command::new("sh")
@@ -164,6 +205,10 @@ fn spawn_operator() -> OperatorProcess {
             "registry.invalid/anchorpipe-ingest:e2e",
             "--amqp-url",
             &amqp_url,
+            "--database-url",
+            &database_url,
+            "--rabbitmq-management-url",
+            &management_url,
             "--listen",
             "127.0.0.1:0",
             "--lease-name",
@@ -261,15 +306,16 @@ pub fn script(script: &str, args: &[&str]) {
 enum Guard {
     Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+    /// A second namespace of a test that holds the lock through its first.
+    Sibling,
 }
 
-/// One test's world: a fresh namespace, its database, its queues, and its timing line.
+/// One test's world: a fresh namespace, its queues, and its timing line.
 pub struct TestNs {
     pub test: &'static str,
     pub name: String,
     pub client: Client,
     started: Instant,
-    database: Option<String>,
     queues: Vec<String>,
     finished: bool,
     _guard: Guard,
@@ -288,15 +334,23 @@ impl TestNs {
         Self::setup(test, guard).await
     }
 
+    /// Another namespace for the same test (a second tenant team), under the lock the
+    /// first one holds.
+    pub async fn sibling(&self, label: &'static str) -> Self {
+        Self::setup(label, Guard::Sibling).await
+    }
+
     async fn setup(test: &'static str, guard: Guard) -> Self {
         let started = Instant::now();
         ensure_crd().await;
+        platform_database().await;
         ensure_operator();
         let client = client().await;
+        // Short: the namespace is half of every tenant id (at most 63 characters).
         let short: String = test
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(40)
+            .take(24)
             .collect();
         let name = format!("e2e-{}-{}", short.trim_matches('-'), suffix());
         let ns = Namespace {
@@ -316,7 +370,6 @@ impl TestNs {
             name,
             client,
             started,
-            database: None,
             queues: Vec::new(),
             finished: false,
             _guard: guard,
@@ -335,47 +388,15 @@ impl TestNs {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Creates this test's database and the platform Secret pointing the pods at it and
-    /// at the local broker, as a platform team would before applying endpoints. Returns
-    /// the database URL.
+    /// The platform database's owner URL, to inspect what the pods stored. (Nothing is
+    /// set up per namespace: the operator mints each tenant's credentials.)
     pub async fn platform(&mut self) -> String {
-        let base = required_env("DATABASE_URL");
-        let db = self.name.replace('-', "_");
-        let mut conn = sqlx::PgConnection::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {base}: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {db}: {e}"));
-        let _ = conn.close().await;
-        self.database = Some(db.clone());
-        let url = with_database(&base, &db);
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(PLATFORM_SECRET.to_owned()),
-                ..ObjectMeta::default()
-            },
-            data: Some(
-                [
-                    (
-                        "database-url".to_owned(),
-                        ByteString(url.clone().into_bytes()),
-                    ),
-                    (
-                        "amqp-url".to_owned(),
-                        ByteString(required_env("AMQP_URL").into_bytes()),
-                    ),
-                ]
-                .into(),
-            ),
-            ..Secret::default()
-        };
-        self.api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap_or_else(|e| panic!("creating the platform Secret: {e}"));
-        url
+        platform_database().await
+    }
+
+    /// The cluster-unique tenant id of this namespace's tenant `tenant`.
+    pub fn tenant_id(&self, tenant: &str) -> String {
+        format!("{}.{tenant}", self.name)
     }
 
     /// Remembers a tenant queue (and its dead-letter queue) to delete at the end.
@@ -455,17 +476,6 @@ impl TestNs {
             crate::broker::delete_queues(&self.queues).await;
         }
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]).await;
-        if let Some(db) = self.database.take() {
-            let base = required_env("DATABASE_URL");
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await;
-                let _ = conn.close().await;
-            }
-        }
         self.finished = true;
         record_timing(self.test, "ok", self.started.elapsed());
     }
@@ -476,10 +486,9 @@ impl Drop for TestNs {
         if !self.finished {
             record_timing(self.test, "FAILED", self.started.elapsed());
             eprintln!(
-                "e2e {}: left namespace {} and database {:?} for inspection; logs in {}",
+                "e2e {}: left namespace {} for inspection; logs in {}",
                 self.test,
                 self.name,
-                self.database,
                 log_dir().display()
             );
         }

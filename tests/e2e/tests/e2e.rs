@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anchorpipe_crds::v1alpha1::{FINALIZER, IngestionEndpoint};
 use anchorpipe_e2e::cluster::{
-    CLEANUP_TIMEOUT_SECONDS, TestNs, condition, ensure_operator, kill_operator, kubectl,
+    CLEANUP_TIMEOUT_SECONDS, Kubectl, TestNs, condition, ensure_operator, kill_operator, kubectl,
     kubectl_stdin, operator_running, script,
 };
 use anchorpipe_e2e::kubelet::Pod as KubeletPod;
@@ -65,7 +65,7 @@ async fn apply_creates_owned_objects_and_ready_status() {
     )
     .await
     .unwrap();
-    ns.track_queue(&format!("anchorpipe.{tenant}.reports"));
+    ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&tenant)));
     let ep = ns.wait_ready(name, READY_TIMEOUT).await;
 
     // Everything the tenant needs exists and is owned by the endpoint.
@@ -118,14 +118,17 @@ async fn apply_creates_owned_objects_and_ready_status() {
         assert_eq!(c.status, "True", "{type_}: {c:?}");
         assert_eq!(c.observed_generation, ep.metadata.generation, "{type_}");
     }
-    assert_eq!(status.tenant.as_deref(), Some(tenant.as_str()));
+    assert_eq!(
+        status.tenant.as_deref(),
+        Some(ns.tenant_id(&tenant).as_str())
+    );
     let url = format!("http://{host}/api/ingestion");
     assert_eq!(status.url.as_deref(), Some(url.as_str()));
     assert_eq!(status.secret_name.as_deref(), Some("orders-hmac"));
     assert_eq!(status.ready_replicas, Some(2));
     assert_eq!(
         status.queue.as_deref(),
-        Some(format!("anchorpipe.{tenant}.reports").as_str())
+        Some(format!("anchorpipe.{}.reports", ns.tenant_id(&tenant)).as_str())
     );
     let key_id = status.current_key_id.clone().unwrap();
     assert!(
@@ -302,7 +305,7 @@ async fn invalid_objects_are_refused_by_the_api_server() {
     ns.apply("good", json!({"tenant": tenant, "repositories": [r]}))
         .await
         .unwrap();
-    ns.track_queue(&format!("anchorpipe.{tenant}.reports"));
+    ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&tenant)));
     let message = refusal(
         &ns,
         "good",
@@ -356,18 +359,17 @@ async fn running(ns: &mut TestNs, name: &str, extra: serde_json::Value) -> Runni
         spec.extend(extra.clone());
     }
     ns.apply(name, spec).await.unwrap();
-    let queue = format!("anchorpipe.{tenant}.reports");
+    let queue = format!("anchorpipe.{}.reports", ns.tenant_id(&tenant));
     ns.track_queue(&queue);
     let ep = ns.wait_ready(name, READY_TIMEOUT).await;
     let status = ep.status.unwrap();
     assert_eq!(status.queue.as_deref(), Some(queue.as_str()));
     let mut pod =
         KubeletPod::from_deployment(&ns.client, &ns.name, &format!("{name}-ingest")).await;
-    pod.migrate().await;
     pod.start().await;
     Running {
         name: name.to_owned(),
-        tenant,
+        tenant: ns.tenant_id(&tenant),
         repo,
         queue,
         key_id: status.current_key_id.unwrap(),
@@ -686,8 +688,8 @@ async fn deletion_collects_owned_objects_and_honours_the_deletion_policy() {
     )
     .await
     .unwrap();
-    let keep_queue = format!("anchorpipe.{keep_tenant}.reports");
-    let drop_queue = format!("anchorpipe.{drop_tenant}.reports");
+    let keep_queue = format!("anchorpipe.{}.reports", ns.tenant_id(&keep_tenant));
+    let drop_queue = format!("anchorpipe.{}.reports", ns.tenant_id(&drop_tenant));
     ns.track_queue(&keep_queue);
     ns.track_queue(&drop_queue);
     ns.wait_ready("keep", READY_TIMEOUT).await;
@@ -787,7 +789,7 @@ async fn deletion_with_the_broker_down_is_bounded_and_observable() {
     )
     .await
     .unwrap();
-    let queue = format!("anchorpipe.{tenant}.reports");
+    let queue = format!("anchorpipe.{}.reports", ns.tenant_id(&tenant));
     ns.track_queue(&queue);
     ns.wait_ready("down", READY_TIMEOUT).await;
 
@@ -845,8 +847,8 @@ async fn operator_and_apiserver_restarts_converge() {
     let mut ns = TestNs::exclusive("operator_and_apiserver_restarts_converge").await;
     ns.platform().await;
     let (one, two) = (format!("one-{}", suffix()), format!("two-{}", suffix()));
-    ns.track_queue(&format!("anchorpipe.{one}.reports"));
-    ns.track_queue(&format!("anchorpipe.{two}.reports"));
+    ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&one)));
+    ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&two)));
     let repo_one = repo();
     ns.apply(
         "one",
@@ -972,4 +974,383 @@ async fn operator_and_apiserver_restarts_converge() {
         "the operator exited during a short API server restart"
     );
     ns.finish().await;
+}
+
+// ---------------------------------------------------------------- hostile tenants
+
+/// What a tenant team's namespace admin may do, granted in their namespace only: manage
+/// endpoints, read and write Secrets, ConfigMaps and pods, look at Deployments.
+async fn grant_tenant_rights(namespace: &str, user: &str) {
+    let rbac = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "anchorpipe-e2e-tenant-admin"},
+                "rules": [
+                    {"apiGroups": ["anchorpipe.dev"], "resources": ["ingestionendpoints"],
+                     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                    {"apiGroups": [""], "resources": ["secrets", "configmaps", "pods", "pods/exec", "services"],
+                     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}
+                ]
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": format!("tenant-admin-{user}"), "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "anchorpipe-e2e-tenant-admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+            }
+        ]
+    });
+    let out = kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&rbac.to_string()),
+    )
+    .await;
+    assert!(out.success, "granting {user} rights: {}", out.stderr);
+}
+
+/// `kubectl --as <user> -n <namespace> <args>`.
+async fn as_user(user: &str, namespace: &str, args: &[&str], stdin: Option<&str>) -> Kubectl {
+    let mut full = vec!["--as", user, "-n", namespace];
+    full.extend_from_slice(args);
+    kubectl_stdin(&full, stdin).await
+}
+
+/// Applies an endpoint as `user`, as a tenant would.
+async fn apply_as(user: &str, namespace: &str, name: &str, spec: serde_json::Value) {
+    let object = json!({
+        "apiVersion": "anchorpipe.dev/v1alpha1",
+        "kind": "IngestionEndpoint",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    let out = as_user(
+        user,
+        namespace,
+        &["apply", "-f", "-"],
+        Some(&object.to_string()),
+    )
+    .await;
+    assert!(out.success, "{user} applying {name}: {}", out.stderr);
+}
+
+/// Waits until the endpoint's `type_` condition has `reason`; returns its message.
+async fn wait_reason(ns: &TestNs, name: &str, type_: &str, reason: &str) -> String {
+    let api = ns.endpoints();
+    eventually(
+        &format!("{}/{name} {type_} reason {reason}", ns.name),
+        READY_TIMEOUT,
+        || {
+            let api = api.clone();
+            async move {
+                let ep = api.get(name).await.map_err(|e| e.to_string())?;
+                match condition(&ep, type_) {
+                    Some(c) if c.reason == reason => Ok(c.message.clone()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// A data entry of a Secret, read as `user`.
+async fn secret_value_as(user: &str, namespace: &str, secret: &str, key: &str) -> String {
+    let template = format!("--template={{{{index .data \"{key}\" | base64decode}}}}");
+    let out = as_user(
+        user,
+        namespace,
+        &["get", "secret", secret, "-o", "go-template", &template],
+        None,
+    )
+    .await;
+    assert!(out.success, "{user} reading {secret}: {}", out.stderr);
+    out.stdout
+}
+
+/// Two teams, each with edit rights in its own namespace only, acting through
+/// `kubectl --as`: each attack of the trust model by one tenant on the other is refused
+/// or harmless, at the operator, at the ingest endpoint, in PostgreSQL and in RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_cannot_reach_another_tenants_queue_repository_or_rows() {
+    let mut a_ns = TestNs::new("hostile-a").await;
+    let mut b_ns = a_ns.sibling("hostile-b").await;
+    let database_url = a_ns.platform().await;
+    let (alice, bob) = (format!("alice-{}", suffix()), format!("bob-{}", suffix()));
+    grant_tenant_rights(&a_ns.name, &alice).await;
+    grant_tenant_rights(&b_ns.name, &bob).await;
+
+    // Alice's endpoint `ci`, with a report already in its queue.
+    let repo_a = repo();
+    apply_as(
+        &alice,
+        &a_ns.name,
+        "ci",
+        json!({"repositories": [repo_a], "replicas": 1, "queue": {"type": "classic"}}),
+    )
+    .await;
+    let a_tenant = a_ns.tenant_id("ci");
+    let a_queue = format!("anchorpipe.{a_tenant}.reports");
+    a_ns.track_queue(&a_queue);
+    let ep = a_ns.wait_ready("ci", READY_TIMEOUT).await;
+    let a_key = key(
+        &a_ns,
+        "ci-hmac",
+        &ep.status.unwrap().current_key_id.unwrap(),
+    )
+    .await;
+    let mut a_pod = KubeletPod::from_deployment(&a_ns.client, &a_ns.name, "ci-ingest").await;
+    a_pod.start().await;
+    let (status, answer) = report::post(&a_pod.base_url(), &repo_a, "before", &a_key).await;
+    assert_eq!(status, 200, "{answer}");
+    eventually(
+        "A's first report in A's queue",
+        Duration::from_secs(30),
+        || {
+            let q = a_queue.clone();
+            async move {
+                match broker::depth(&q).await {
+                    Some(n) if n >= 1 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+
+    // Same object name in Bob's namespace: another tenant, another queue. Bob also lists
+    // Alice's repository: the operator says so and leaves it out of Bob's config.
+    let repo_b = repo();
+    apply_as(
+        &bob,
+        &b_ns.name,
+        "ci",
+        json!({"repositories": [repo_b, repo_a], "replicas": 1, "queue": {"type": "classic"}}),
+    )
+    .await;
+    let b_tenant = b_ns.tenant_id("ci");
+    let b_queue = format!("anchorpipe.{b_tenant}.reports");
+    b_ns.track_queue(&b_queue);
+    assert_ne!(a_queue, b_queue);
+    let message = wait_reason(&b_ns, "ci", "RepositoriesOwned", "RepositoryConflict").await;
+    assert!(message.contains(&repo_a), "{message}");
+    let config = b_ns.api::<ConfigMap>().get("ci-ingest").await.unwrap();
+    let config = &config.data.unwrap()["config.json"];
+    assert!(
+        config.contains(&repo_b) && !config.contains(&repo_a),
+        "{config}"
+    );
+    eventually("B's pods available", READY_TIMEOUT, || {
+        let api = b_ns.endpoints();
+        async move {
+            let ep = api.get("ci").await.map_err(|e| e.to_string())?;
+            match condition(&ep, "Available") {
+                Some(c) if c.status == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let b_ep = b_ns.endpoints().get("ci").await.unwrap();
+    let b_key = key(
+        &b_ns,
+        "ci-hmac",
+        &b_ep.status.unwrap().current_key_id.unwrap(),
+    )
+    .await;
+    let mut b_pod = KubeletPod::from_deployment(&b_ns.client, &b_ns.name, "ci-ingest").await;
+    b_pod.start().await;
+
+    // Bob cannot store for Alice's repository through his endpoint...
+    let (status, answer) = report::post(&b_pod.base_url(), &repo_a, "shared-run", &b_key).await;
+    assert_eq!(status, 401, "B stored for A's repository: {answer}");
+    // ...so Alice's identical report is new, not a duplicate, and lands in A's queue.
+    let (status, answer) = report::post(&a_pod.base_url(), &repo_a, "shared-run", &a_key).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.get("isDuplicate").is_none(), "{answer}");
+    let shared_id = answer["runId"].as_str().unwrap().to_owned();
+    let (status, answer) = report::post(&b_pod.base_url(), &repo_b, "b-own", &b_key).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Bob names Alice's queue, routing key or dead-letter queue: refused by name, and
+    // deleting those endpoints (policy Delete) leaves Alice's queue and messages alone.
+    let thieves = [
+        (
+            "thief-queue",
+            json!({"name": a_queue, "deletionPolicy": "Delete"}),
+        ),
+        (
+            "thief-key",
+            json!({"routingKey": format!("tenant.{a_tenant}.test-run"), "deletionPolicy": "Delete"}),
+        ),
+        (
+            "thief-dlq",
+            json!({"deadLetterQueue": format!("{a_queue}.dlq"), "deletionPolicy": "Delete"}),
+        ),
+    ];
+    for (name, queue) in &thieves {
+        apply_as(
+            &bob,
+            &b_ns.name,
+            name,
+            json!({"repositories": [repo()], "replicas": 1, "queue": queue}),
+        )
+        .await;
+        let message = wait_reason(&b_ns, name, "Ready", "InvalidSpec").await;
+        assert!(message.contains("this tenant's"), "{name}: {message}");
+    }
+    let depth_before = broker::depth(&a_queue).await.unwrap();
+    assert!(depth_before >= 2, "A's queue holds {depth_before}");
+    for (name, _) in &thieves {
+        let out = as_user(
+            &bob,
+            &b_ns.name,
+            &["delete", "ingestionendpoint", name, "--timeout=60s"],
+            None,
+        )
+        .await;
+        assert!(out.success, "{}", out.stderr);
+    }
+    assert_eq!(broker::depth(&a_queue).await, Some(depth_before));
+    assert!(broker::depth(&format!("{a_queue}.dlq")).await.is_some());
+
+    // Bob chooses what runs with his credentials: refused.
+    apply_as(
+        &bob,
+        &b_ns.name,
+        "thief-image",
+        json!({"repositories": [repo()], "replicas": 1, "image": "busybox"}),
+    )
+    .await;
+    let message = wait_reason(&b_ns, "thief-image", "Ready", "ImageNotAllowed").await;
+    assert!(message.contains("busybox"), "{message}");
+
+    // What Bob may do outside his namespace: nothing.
+    for (verb, resource, namespace) in [
+        ("get", "secrets", a_ns.name.as_str()),
+        ("list", "ingestionendpoints", a_ns.name.as_str()),
+        ("create", "pods", a_ns.name.as_str()),
+        ("get", "secrets", "default"),
+        ("list", "leases.coordination.k8s.io", "default"),
+        ("get", "secrets", "kube-system"),
+    ] {
+        let out = as_user(&bob, namespace, &["auth", "can-i", verb, resource], None).await;
+        assert_eq!(
+            out.stdout.trim(),
+            "no",
+            "bob can {verb} {resource} in {namespace}"
+        );
+    }
+    let out = as_user(&bob, &b_ns.name, &["auth", "can-i", "get", "secrets"], None).await;
+    assert_eq!(
+        out.stdout.trim(),
+        "yes",
+        "the check itself: bob reads his own Secrets"
+    );
+
+    // With Bob's own minted credentials, read as Bob from his namespace.
+    let b_db = secret_value_as(&bob, &b_ns.name, "ci-credentials", "database-url").await;
+    let b_amqp = secret_value_as(&bob, &b_ns.name, "ci-credentials", "amqp-url").await;
+    assert!(
+        !b_db.contains("anchorpipe:anchorpipe@"),
+        "Bob holds the owner's credentials"
+    );
+    let pool = sqlx::PgPool::connect(&b_db).await.unwrap();
+    let seen: Vec<(String,)> = sqlx::query_as("SELECT tenant FROM ingestions")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|(t,)| *t == b_tenant),
+        "{seen:?}"
+    );
+    let of_a: (i64,) = sqlx::query_as("SELECT count(*) FROM ingestions WHERE repo_id = $1::uuid")
+        .bind(&repo_a)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(of_a.0, 0, "Bob reads Alice's rows");
+    let forged = sqlx::query(
+        "INSERT INTO ingestions (id, tenant, repo_id, commit_sha, run_id, framework, test_count,
+                                 payload, response, request_id)
+         VALUES (gen_random_uuid(), $1, $2::uuid, repeat('a', 40), 'forged', 'jest', 1, '{}', '{}', 'x')",
+    )
+    .bind(&b_tenant)
+    .bind(&repo_a)
+    .execute(&pool)
+    .await;
+    let forged = forged
+        .expect_err("Bob stored a report for Alice's repository")
+        .to_string();
+    assert!(forged.contains("row-level security"), "{forged}");
+    for statement in [
+        "UPDATE audit_log SET reason = 'rewritten'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "DROP TRIGGER audit_log_append_only ON audit_log",
+        "ALTER TABLE audit_log DISABLE TRIGGER ALL",
+        "CREATE TABLE stash (x int)",
+    ] {
+        let refused = sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect_err(statement)
+            .to_string();
+        assert!(
+            refused.contains("permission denied") || refused.contains("must be owner"),
+            "{statement}: {refused}"
+        );
+    }
+    pool.close().await;
+    let owner = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let (audit_rows, triggers): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audit_log WHERE reason = 'rewritten'),
+                (SELECT count(*) FROM pg_trigger WHERE tgname = 'audit_log_append_only')",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!((audit_rows, triggers), (0, 1));
+    owner.close().await;
+
+    // Bob's broker user cannot publish with Alice's routing key, nor read her queue.
+    let refused = broker::publish_as(
+        &b_amqp,
+        "anchorpipe.reports",
+        &format!("tenant.{a_tenant}.test-run"),
+    )
+    .await;
+    assert!(refused.is_err(), "Bob published with Alice's routing key");
+    let own = broker::publish_as(
+        &b_amqp,
+        "anchorpipe.reports",
+        &format!("tenant.{b_tenant}.test-run"),
+    )
+    .await;
+    assert!(own.is_ok(), "Bob's own routing key: {own:?}");
+    let read = broker::get_as(&b_amqp, &a_queue).await;
+    assert!(read.is_err(), "Bob read Alice's queue");
+
+    // Alice's queue holds Alice's reports only, the shared-run one among them.
+    let (found, taken) = broker::take_until(&a_queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == shared_id.as_str()
+    })
+    .await;
+    assert!(found.is_some(), "A's report missing: {taken:?}");
+    assert!(
+        taken
+            .iter()
+            .all(|m| m["payload"]["repoId"] == repo_a.as_str()),
+        "A's queue held another tenant's message: {taken:?}"
+    );
+
+    drop((a_pod, b_pod));
+    b_ns.finish().await;
+    a_ns.finish().await;
 }
