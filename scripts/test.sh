@@ -22,12 +22,17 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
 
     step "helm chart: lint, and every manifest validated by the API server (dry run)"
     helm lint --quiet charts/anchorpipe
-    helm template anchorpipe charts/anchorpipe --namespace default --include-crds \
-        --set platformSecret.create=true \
-        --set platformSecret.databaseUrl=postgres://db/anchorpipe \
-        --set platformSecret.amqpUrl=amqp://broker/%2f \
-        | kubectl apply --server-side --force-conflicts --field-manager=chart-check \
-            --dry-run=server -f - >/dev/null
+    # Cluster-wide and namespace-scoped RBAC: both render, and the API server accepts both.
+    for scope in "" "--set operator.watchNamespaces={default,kube-public}"; do
+        # shellcheck disable=SC2086
+        helm template anchorpipe charts/anchorpipe --namespace default --include-crds \
+            --set platformSecret.create=true \
+            --set platformSecret.databaseUrl=postgres://db/anchorpipe \
+            --set platformSecret.amqpUrl=amqp://broker/%2f \
+            --set platformSecret.rabbitmqManagementUrl=http://broker:15672 $scope \
+            | kubectl apply --server-side --force-conflicts --field-manager=chart-check \
+                --dry-run=server -f - >/dev/null
+    done
 fi
 
 step "cargo fmt --check"
