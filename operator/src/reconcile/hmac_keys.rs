@@ -1,0 +1,168 @@
+//! The keys step: minted HMAC keys planned by [`crate::keys`] and written to the
+//! endpoint's Secret, or a user's Secret checked.
+
+use super::*;
+
+/// The keys step's result.
+pub(super) struct Keys {
+    pub(super) check: Check,
+    pub(super) secret_name: String,
+    pub(super) current: Option<String>,
+    /// When a rotation or removal is next due.
+    pub(super) next_change: Option<Duration>,
+    /// A transient problem to retry once the rest of the endpoint is applied.
+    pub(super) retry: Option<Error>,
+}
+
+pub(super) async fn minted_keys(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    policy: RotationPolicy,
+    now: Timestamp,
+    ctx: &Context,
+) -> Result<Keys> {
+    let names = Names::of(endpoint);
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = api.get_opt(&names.secret).await?;
+    if let Some(secret) = &existing
+        && !builders::is_owned_by(&secret.metadata, endpoint)
+    {
+        return Err(Error::Conflict {
+            kind: "Secret",
+            name: names.secret,
+        });
+    }
+    // Values that are not UTF-8 were not written by the operator; they are dropped.
+    let data: BTreeMap<String, String> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, v)| String::from_utf8(v.0.clone()).ok().map(|v| (id.clone(), v)))
+        .collect();
+    let served = existing.as_ref().and_then(|s| {
+        s.annotations()
+            .get(builders::ROTATION_SERVED_ANNOTATION)
+            .cloned()
+    });
+    let request = endpoint.annotations().get(ROTATE_ANNOTATION).cloned();
+    let plan = keys::plan(
+        &data,
+        served.as_deref(),
+        request.as_deref(),
+        policy,
+        now,
+        keys::mint_random,
+    )?;
+    apply_object(&api, &builders::key_secret(endpoint, tenant, &plan)?).await?;
+
+    let regarding = endpoint.object_ref(&());
+    if let Some((id, reason)) = &plan.minted {
+        let label = match reason {
+            MintReason::Initial => RotationReason::Initial,
+            MintReason::Schedule => RotationReason::Schedule,
+            MintReason::Requested => RotationReason::Requested,
+        };
+        ctx.metrics
+            .key_rotations
+            .get_or_create(&RotationLabels { reason: label })
+            .inc();
+        info!(key_id = %id, reason = reason.as_str(), "minted HMAC key");
+        let (event_reason, note) = match reason {
+            MintReason::Initial => ("KeyMinted", format!("minted HMAC key {id}")),
+            _ => (
+                "KeyRotated",
+                format!(
+                    "minted HMAC key {id} ({}); the previous key stays valid for the grace period",
+                    reason.as_str()
+                ),
+            ),
+        };
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            event_reason,
+            "RotateKey",
+            note,
+        )
+        .await;
+    }
+    for id in &plan.removed {
+        ctx.metrics.keys_removed.inc();
+        info!(key_id = %id, "removed HMAC key after its grace period");
+        ctx.event(
+            &regarding,
+            EventType::Normal,
+            "KeyRemoved",
+            "RotateKey",
+            format!("removed HMAC key {id}: its grace period is over"),
+        )
+        .await;
+    }
+    Ok(Keys {
+        check: Check::ok(
+            "KeysMinted",
+            format!(
+                "{} valid key(s) in Secret {}; sign with {}",
+                plan.keys.len(),
+                names.secret,
+                plan.current
+            ),
+        ),
+        secret_name: names.secret,
+        current: Some(plan.current),
+        next_change: Some(plan.next_change),
+        retry: None,
+    })
+}
+
+pub(super) async fn referenced_keys(
+    endpoint: &IngestionEndpoint,
+    name: &str,
+    ctx: &Context,
+) -> Result<Keys> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let problem = |reason, message: String| Keys {
+        check: Check::failed(reason, message.clone()),
+        secret_name: name.to_owned(),
+        current: None,
+        next_change: None,
+        retry: Some(Error::UserSecret {
+            name: name.to_owned(),
+            message,
+        }),
+    };
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(problem(
+            "SecretNotFound",
+            format!("Secret {name} referenced by spec.hmac.secretRef does not exist"),
+        ));
+    };
+    let ids: Vec<&String> = secret
+        .data
+        .iter()
+        .flatten()
+        .filter(|(id, v)| keys::is_valid_key_id(id) && !v.0.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    let Some(current) = ids.iter().max() else {
+        return Ok(problem(
+            "NoKeys",
+            format!(
+                "Secret {name} has no usable key: each data entry must be a non-empty key named with letters, digits, '-', '_' or '.'"
+            ),
+        ));
+    };
+    Ok(Keys {
+        check: Check::ok(
+            "SecretFound",
+            format!("{} key(s) in referenced Secret {name}", ids.len()),
+        ),
+        secret_name: name.to_owned(),
+        current: Some((*current).clone()),
+        next_change: None,
+        retry: None,
+    })
+}
