@@ -29,6 +29,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
     ExchangeKind,
 };
+use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// RabbitMQ's reply code for a refused permission (channel.close ACCESS_REFUSED).
@@ -44,6 +45,41 @@ fn admin_amqp_url() -> String {
 
 fn api() -> ManagementApi {
     ManagementApi::new(&env("RABBITMQ_MANAGEMENT_URL"), TIMEOUT).unwrap()
+}
+
+/// GET on the management API as `user:password` from `RABBITMQ_MANAGEMENT_URL` unless
+/// given: the status and the JSON answer. What the module under test does not expose.
+async fn management_get(path: &str, credentials: Option<(&str, &str)>) -> (u16, Value) {
+    use base64::Engine as _;
+    use http_body_util::BodyExt as _;
+    let url = url::Url::parse(&env("RABBITMQ_MANAGEMENT_URL")).unwrap();
+    let (user, password) = credentials.unwrap_or((url.username(), url.password().unwrap_or("")));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let uri = format!(
+        "http://{}:{}{path}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(80)
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(uri)
+        .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The vhost and topic permissions `user` holds, as the management API lists them.
+async fn permissions_of(user: &str) -> (Value, Value) {
+    let (status, vhost) = management_get(&format!("/api/users/{user}/permissions"), None).await;
+    assert_eq!(status, 200, "{vhost}");
+    let (status, topic) =
+        management_get(&format!("/api/users/{user}/topic-permissions"), None).await;
+    assert_eq!(status, 200, "{topic}");
+    (vhost, topic)
 }
 
 async fn connect(url: &str) -> Result<Connection, lapin::Error> {
@@ -273,6 +309,38 @@ async fn b_publishes_with_its_own_routing_key_and_the_message_reaches_its_queue(
             assert_eq!(fx.drain(&fx.b.queue).await, vec![b"report-b".to_vec()]);
             assert!(fx.drain(&fx.a.queue).await.is_empty());
             let _ = b.close(200, "done".into()).await;
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ensure_user_grants_exactly_the_tenant_permissions_and_no_management_access() {
+    with_fixture(|fx| {
+        Box::pin(async move {
+            let (vhost, topic) = permissions_of(&fx.user_b).await;
+            let escaped = |s: &str| s.replace('.', r"\.").replace('-', r"\-");
+            assert_eq!(
+                vhost,
+                json!([{
+                    "user": fx.user_b, "vhost": fx.grant_b.vhost,
+                    "configure": "^$", "write": format!("^{}$", escaped(&fx.b.exchange)),
+                    "read": "^$",
+                }])
+            );
+            assert_eq!(
+                topic,
+                json!([{
+                    "user": fx.user_b, "vhost": fx.grant_b.vhost, "exchange": fx.b.exchange,
+                    "write": format!("^{}$", escaped(&fx.b.routing_key)), "read": "^$",
+                }])
+            );
+            // No tags: the tenant user cannot use the management API at all.
+            let (status, _) =
+                management_get("/api/overview", Some((&fx.user_b, &fx.password_b))).await;
+            assert_eq!(status, 401);
+            let (status, _) = management_get(&format!("/api/users/{}", fx.user_b), None).await;
+            assert_eq!(status, 200);
         })
     })
     .await;
@@ -538,6 +606,12 @@ async fn ensure_user_with_a_new_exchange_moves_both_permissions_to_it() {
                 .unwrap();
             assert!(matches!(confirmation, Confirmation::Ack(None)));
             let _ = b.close(200, "done".into()).await;
+            // Nothing is left on the old exchange.
+            let (vhost, topic) = permissions_of(&fx.user_b).await;
+            assert_eq!(vhost.as_array().unwrap().len(), 1, "{vhost}");
+            let topic = topic.as_array().unwrap();
+            assert_eq!(topic.len(), 1, "{topic:?}");
+            assert_eq!(topic[0]["exchange"], json!(moved.exchange));
         })
     })
     .await;
