@@ -76,7 +76,9 @@ pub enum BrokerUserError {
 /// What the operator needs to mint and revoke tenant broker users.
 pub trait BrokerUsers: Send + Sync {
     /// Creates `user` or sets its password, and sets its permissions to exactly `grant`
-    /// (permissions it holds elsewhere are removed). Idempotent.
+    /// (permissions it holds elsewhere are removed). When its rights change, the user's
+    /// open connections are closed so that no channel keeps a right it lost; a password
+    /// change alone leaves them open. Idempotent.
     fn ensure_user<'a>(
         &'a self,
         user: &'a str,
@@ -198,15 +200,22 @@ struct NamedUser {
     name: String,
 }
 
-#[derive(Deserialize)]
-struct VhostEntry {
+/// A user's permissions in one vhost, as `GET /api/users/{user}/permissions` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct VhostPermission {
     vhost: String,
+    configure: String,
+    write: String,
+    read: String,
 }
 
-#[derive(Deserialize)]
-struct TopicEntry {
+/// A user's topic permissions on one exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct TopicPermission {
     vhost: String,
     exchange: String,
+    write: String,
+    read: String,
 }
 
 /// How a call treats 404.
@@ -362,17 +371,41 @@ impl ManagementApi {
         )
         .await?;
 
-        // Topic permissions left on another exchange or vhost (the grant changed). Only
-        // all of a vhost's can be cleared at once, and a user with write on an exchange
-        // but no topic permission for it may publish with any routing key: so in the
-        // grant's vhost, revoke the vhost permissions first; the PUTs below restore them.
-        let topics: Vec<TopicEntry> = self
+        let wanted = VhostPermission {
+            vhost: grant.vhost.clone(),
+            configure: NOTHING.to_owned(),
+            write: exactly(&grant.exchange),
+            read: NOTHING.to_owned(),
+        };
+        let wanted_topic = TopicPermission {
+            vhost: grant.vhost.clone(),
+            exchange: grant.exchange.clone(),
+            write: exactly(&grant.routing_key),
+            read: NOTHING.to_owned(),
+        };
+        let held: Vec<VhostPermission> = self
+            .get(
+                &format!("/api/users/{u}/permissions"),
+                &format!("reading permissions of `{user}`"),
+            )
+            .await?;
+        let held_topics: Vec<TopicPermission> = self
             .get(
                 &format!("/api/users/{u}/topic-permissions"),
                 &format!("reading topic permissions of `{user}`"),
             )
             .await?;
-        let mut stale: Vec<&str> = topics
+        if held.as_slice() == std::slice::from_ref(&wanted)
+            && held_topics.as_slice() == std::slice::from_ref(&wanted_topic)
+        {
+            return Ok(());
+        }
+
+        // Topic permissions left on another exchange or vhost (the grant changed). Only
+        // all of a vhost's can be cleared at once, and a user with write on an exchange
+        // but no topic permission for it may publish with any routing key: so in the
+        // grant's vhost, revoke the vhost permissions first; the PUTs below restore them.
+        let mut stale: Vec<&str> = held_topics
             .iter()
             .filter(|t| t.vhost != grant.vhost || t.exchange != grant.exchange)
             .map(|t| t.vhost.as_str())
@@ -411,9 +444,9 @@ impl ManagementApi {
             Method::PUT,
             &format!("/api/topic-permissions/{v}/{u}"),
             Some(json!({
-                "exchange": grant.exchange,
-                "write": exactly(&grant.routing_key),
-                "read": NOTHING,
+                "exchange": wanted_topic.exchange,
+                "write": wanted_topic.write,
+                "read": wanted_topic.read,
             })),
             &format!(
                 "setting topic permissions of `{user}` on exchange `{}` in vhost `{}`",
@@ -427,23 +460,16 @@ impl ManagementApi {
             Method::PUT,
             &format!("/api/permissions/{v}/{u}"),
             Some(json!({
-                "configure": NOTHING,
-                "write": exactly(&grant.exchange),
-                "read": NOTHING,
+                "configure": wanted.configure,
+                "write": wanted.write,
+                "read": wanted.read,
             })),
             &format!("setting permissions of `{user}` in vhost `{}`", grant.vhost),
             Missing::Error,
             None,
         )
         .await?;
-
-        let permissions: Vec<VhostEntry> = self
-            .get(
-                &format!("/api/users/{u}/permissions"),
-                &format!("reading permissions of `{user}`"),
-            )
-            .await?;
-        for other in permissions.iter().filter(|p| p.vhost != grant.vhost) {
+        for other in held.iter().filter(|p| p.vhost != grant.vhost) {
             self.call(
                 Method::DELETE,
                 &format!("/api/permissions/{}/{u}", segment(&other.vhost)),
@@ -457,7 +483,22 @@ impl ManagementApi {
             )
             .await?;
         }
-        Ok(())
+
+        // A channel keeps the rights it has already used (RabbitMQ caches permission
+        // checks per channel), so narrowed rights only hold once the user reconnects.
+        self.close_connections(user).await
+    }
+
+    /// Closes every open connection of `user`. RabbitMQ answers 500 when a connection
+    /// closes between its listing and its closing; once more then finds it gone.
+    async fn close_connections(&self, user: &str) -> Result<(), BrokerUserError> {
+        let path = format!("/api/connections/username/{}", segment(user));
+        let operation = format!("closing the connections of broker user `{user}`");
+        let close = || self.call(Method::DELETE, &path, None, &operation, Missing::Ok, None);
+        match close().await {
+            Err(BrokerUserError::Status { status: 500, .. }) => close().await.map(drop),
+            other => other.map(drop),
+        }
     }
 
     /// No separate `DELETE /api/connections/username/{user}`: RabbitMQ closes a deleted

@@ -252,6 +252,15 @@ fn reply_code(error: &lapin::Error) -> Option<u16> {
     }
 }
 
+/// Whether the broker closes `connection` within a second (a close is asynchronous).
+async fn closed_soon(connection: &Connection) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while connection.status().connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !connection.status().connected()
+}
+
 #[track_caller]
 fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, lapin::Error>) {
     match result {
@@ -557,11 +566,18 @@ async fn ensure_user_again_with_a_new_password_lets_only_the_new_one_in() {
                 .await
                 .unwrap();
 
+            let open = connect(&old).await.unwrap();
             fx.api
                 .ensure_user(&fx.user_b, &new_password, &fx.grant_b)
                 .await
                 .unwrap();
             assert!(connect(&old).await.is_err(), "the old password still works");
+            // Same rights, new password: a rotation does not cut what is connected.
+            assert!(
+                !closed_soon(&open).await,
+                "a password change closed a connection"
+            );
+            let _ = open.close(200, "done".into()).await;
             let new = tenant_amqp_url(&admin_amqp_url(), &fx.user_b, &new_password).unwrap();
             let b = connect(&new).await.unwrap();
             // The permissions survived the password change.
@@ -583,6 +599,14 @@ async fn ensure_user_again_with_a_new_password_lets_only_the_new_one_in() {
 async fn ensure_user_with_a_new_exchange_moves_both_permissions_to_it() {
     with_fixture(|fx| {
         Box::pin(async move {
+            // A channel that has published keeps that right (RabbitMQ caches it per
+            // channel), so ensure_user closes the connections of a user whose rights change.
+            let before = fx.connect_b().await;
+            let confirmation = publish(&before, &fx.b.exchange, &fx.b.routing_key, b"before")
+                .await
+                .unwrap();
+            assert!(matches!(confirmation, Confirmation::Ack(None)));
+
             // B's grant moves to A's dead-letter exchange (any other topic exchange will do).
             let moved = TenantGrant {
                 exchange: fx.a.dead_letter_exchange.clone(),
@@ -592,6 +616,10 @@ async fn ensure_user_with_a_new_exchange_moves_both_permissions_to_it() {
                 .ensure_user(&fx.user_b, &fx.password_b, &moved)
                 .await
                 .unwrap();
+            assert!(
+                closed_soon(&before).await,
+                "a connection from before the change is still open"
+            );
             let b = fx.connect_b().await;
             assert_refused(
                 "publish to the old exchange",
@@ -629,12 +657,8 @@ async fn delete_user_shuts_b_out_and_deleting_a_missing_user_succeeds() {
             );
             // RabbitMQ closes the connection opened before the delete on its own
             // (connection_forced, "user ... is deleted").
-            let deadline = tokio::time::Instant::now() + TIMEOUT;
-            while open.status().connected() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
             assert!(
-                !open.status().connected(),
+                closed_soon(&open).await,
                 "the deleted user's connection is still open"
             );
             fx.api.delete_user(&fx.user_b).await.unwrap();
