@@ -12,15 +12,19 @@
 //! The pod also checks its topology with passive declares, which RabbitMQ authorises
 //! without any permission (`operator/tests/broker_users.rs` holds that to the real broker).
 //!
+//! [`BrokerUsers::ensure_user`] converges a user on exactly one grant: permissions left
+//! in another vhost or on another exchange are removed, and when the rights change the
+//! user's connections are closed, because a RabbitMQ channel keeps a right it has used.
+//!
 //! Names are regex-escaped before they become patterns, and percent-encoded before they
 //! become path segments. The admin credentials come from the management URL given to
 //! [`ManagementApi::new`]; they are sent only as a Basic authorization header and never
 //! appear in an error, nor does a tenant password.
 //!
-//! Talking HTTP/1 with `hyper-util`'s client (already in the operator's tree through
-//! kube) rather than the `rabbitmq_http_client` crate: five calls do not justify reqwest,
-//! rayon, mimalloc and backtrace on top of the same hyper. Plain `http://` only: the
-//! management API is reached inside the cluster.
+//! HTTP/1 through `hyper-util`'s client, which kube already brings, rather than the
+//! `rabbitmq_http_client` crate: that adds reqwest, backtrace and rayon for five calls,
+//! and its base64 dependency installs mimalloc as the process's global allocator. Plain
+//! `http://` only: the management API is reached inside the cluster.
 
 use std::fmt;
 use std::time::Duration;

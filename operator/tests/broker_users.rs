@@ -47,9 +47,14 @@ fn api() -> ManagementApi {
     ManagementApi::new(&env("RABBITMQ_MANAGEMENT_URL"), TIMEOUT).unwrap()
 }
 
-/// GET on the management API as `user:password` from `RABBITMQ_MANAGEMENT_URL` unless
-/// given: the status and the JSON answer. What the module under test does not expose.
-async fn management_get(path: &str, credentials: Option<(&str, &str)>) -> (u16, Value) {
+/// A call to the management API as `user:password` from `RABBITMQ_MANAGEMENT_URL`
+/// unless given: the status and the JSON answer. For what the module under test does
+/// not expose.
+async fn management(
+    method: http::Method,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+) -> (u16, Value) {
     use base64::Engine as _;
     use http_body_util::BodyExt as _;
     let url = url::Url::parse(&env("RABBITMQ_MANAGEMENT_URL")).unwrap();
@@ -62,7 +67,9 @@ async fn management_get(path: &str, credentials: Option<(&str, &str)>) -> (u16, 
     );
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let request = http::Request::get(uri)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
         .body(http_body_util::Empty::new())
         .unwrap();
@@ -70,6 +77,10 @@ async fn management_get(path: &str, credentials: Option<(&str, &str)>) -> (u16, 
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn management_get(path: &str, credentials: Option<(&str, &str)>) -> (u16, Value) {
+    management(http::Method::GET, path, credentials).await
 }
 
 /// The vhost and topic permissions `user` holds, as the management API lists them.
@@ -787,4 +798,50 @@ async fn management_errors_name_the_user_and_never_a_password() {
     assert!(started.elapsed() < timeout * 5);
     assert!(!error.to_string().contains(&secret));
     hold.abort();
+}
+
+#[tokio::test]
+async fn ensure_user_with_a_new_vhost_removes_every_permission_in_the_old_one() {
+    with_fixture(|fx| {
+        Box::pin(async move {
+            let old_vhost = format!("anchorpipe-test-{}", fx.suffix);
+            let path = format!("/api/vhosts/{old_vhost}");
+            let (status, _) = management(http::Method::PUT, &path, None).await;
+            assert!(
+                status == 201 || status == 204,
+                "creating {old_vhost}: {status}"
+            );
+            let elsewhere = TenantGrant {
+                vhost: old_vhost.clone(),
+                ..fx.grant_b.clone()
+            };
+            let result = async {
+                fx.api
+                    .ensure_user(&fx.user_b, &fx.password_b, &elsewhere)
+                    .await
+                    .unwrap();
+                let (vhost, topic) = permissions_of(&fx.user_b).await;
+                assert_eq!(vhost.as_array().unwrap().len(), 1, "{vhost}");
+                assert_eq!(vhost[0]["vhost"], json!(old_vhost));
+                assert_eq!(topic.as_array().unwrap().len(), 1, "{topic}");
+                assert_eq!(topic[0]["vhost"], json!(old_vhost));
+
+                fx.api
+                    .ensure_user(&fx.user_b, &fx.password_b, &fx.grant_b)
+                    .await
+                    .unwrap();
+                let (vhost, topic) = permissions_of(&fx.user_b).await;
+                assert_eq!(vhost.as_array().unwrap().len(), 1, "{vhost}");
+                assert_eq!(vhost[0]["vhost"], json!(fx.grant_b.vhost));
+                assert_eq!(topic.as_array().unwrap().len(), 1, "{topic}");
+                assert_eq!(topic[0]["vhost"], json!(fx.grant_b.vhost));
+            };
+            let outcome = std::panic::AssertUnwindSafe(result).catch_unwind().await;
+            management(http::Method::DELETE, &path, None).await;
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
+        })
+    })
+    .await;
 }
