@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -178,6 +178,10 @@ fn exactly(name: &str) -> String {
 /// checked as `amq.default`).
 const NOTHING: &str = "^$";
 
+/// Largest management API answer read. The biggest is the user list: about 100 bytes
+/// per user with `columns=name`, so this holds well over 100,000 tenants' users.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// Longest part of a management API error reason kept in an error message.
 const MAX_REASON_CHARS: usize = 200;
 
@@ -261,12 +265,8 @@ impl ManagementApi {
         let mut authorization = HeaderValue::try_from(format!("Basic {token}"))
             .map_err(|_| BrokerUserError::InvalidManagementUrl("unusable credentials"))?;
         authorization.set_sensitive(true);
+        // `host_str` keeps the brackets of an IPv6 address.
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
         let base = format!("http://{host}{port}{}", url.path().trim_end_matches('/'));
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self {
@@ -313,8 +313,7 @@ impl ManagementApi {
                 .await
                 .map_err(|e| transport(error_chain(&e)))?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
                 .map_err(|e| transport(format!("reading the answer: {e}")))?
@@ -660,6 +659,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(api.base, "http://rabbit.platform:15672/mgmt");
+        let ipv6 = ManagementApi::new("http://a:b@[::1]:15672", Duration::from_secs(1)).unwrap();
+        assert_eq!(ipv6.base, "http://[::1]:15672");
+        let no_port = ManagementApi::new("http://a:b@rabbit/", Duration::from_secs(1)).unwrap();
+        assert_eq!(no_port.base, "http://rabbit");
         assert!(!format!("{api:?}").contains("s3cret"));
         use base64::Engine as _;
         let expected = base64::engine::general_purpose::STANDARD.encode("ad@min:s3cret");
