@@ -3,6 +3,7 @@
 //! - [`reconcile`]: the pipeline (finalizer → validate → keys → objects → broker → status).
 //! - [`keys`], [`builders`], [`status`]: the pure decisions it is made of.
 //! - [`broker`]: the broker step behind a trait (AMQP in production, fakes in tests).
+//! - [`broker_users`]: per-tenant broker users through the RabbitMQ management API.
 //! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 
