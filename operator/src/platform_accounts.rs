@@ -63,6 +63,60 @@ impl PlatformAccounts {
     }
 }
 
+impl PlatformAccounts {
+    /// Drops the tenant's database logins but those of the sets in `keep`.
+    async fn revoke_logins_except(
+        &self,
+        tenant: &str,
+        keep: &[String],
+    ) -> Result<(), AccountError> {
+        let kept: Vec<String> = keep
+            .iter()
+            .map(|id| database::login_name(tenant, id))
+            .collect();
+        for login in self
+            .db
+            .logins(tenant)
+            .await
+            .map_err(|e| failed("listing logins", e))?
+        {
+            if !kept.contains(&login) {
+                self.db
+                    .drop_login(&login)
+                    .await
+                    .map_err(|e| failed("dropping a login", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the tenant's broker users but those of the sets in `keep`.
+    async fn revoke_broker_users_except(
+        &self,
+        tenant: &str,
+        keep: &[String],
+    ) -> Result<(), AccountError> {
+        let kept: Vec<String> = keep
+            .iter()
+            .map(|id| broker_users::user_name(tenant, id))
+            .collect();
+        for user in self
+            .users
+            .users_with_prefix(&Self::user_prefix(tenant))
+            .await
+            .map_err(|e| failed("listing broker users", e))?
+        {
+            if Self::is_users_of(tenant, &user) && !kept.contains(&user) {
+                self.users
+                    .delete_user(&user)
+                    .await
+                    .map_err(|e| failed("deleting a broker user", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Hex digits of a credential set id.
 const CREDENTIAL_ID_LEN: usize = 8;
 
@@ -159,41 +213,8 @@ impl Accounts for PlatformAccounts {
         keep: &'a [String],
     ) -> BoxFuture<'a, Result<(), AccountError>> {
         Box::pin(async move {
-            let kept_logins: Vec<String> = keep
-                .iter()
-                .map(|id| database::login_name(tenant, id))
-                .collect();
-            for login in self
-                .db
-                .logins(tenant)
-                .await
-                .map_err(|e| failed("listing logins", e))?
-            {
-                if !kept_logins.contains(&login) {
-                    self.db
-                        .drop_login(&login)
-                        .await
-                        .map_err(|e| failed("dropping a login", e))?;
-                }
-            }
-            let kept_users: Vec<String> = keep
-                .iter()
-                .map(|id| broker_users::user_name(tenant, id))
-                .collect();
-            for user in self
-                .users
-                .users_with_prefix(&Self::user_prefix(tenant))
-                .await
-                .map_err(|e| failed("listing broker users", e))?
-            {
-                if Self::is_users_of(tenant, &user) && !kept_users.contains(&user) {
-                    self.users
-                        .delete_user(&user)
-                        .await
-                        .map_err(|e| failed("deleting a broker user", e))?;
-                }
-            }
-            Ok(())
+            self.revoke_logins_except(tenant, keep).await?;
+            self.revoke_broker_users_except(tenant, keep).await
         })
     }
 
@@ -203,11 +224,17 @@ impl Accounts for PlatformAccounts {
         who: &'a Claimant,
     ) -> BoxFuture<'a, Result<(), AccountError>> {
         Box::pin(async move {
-            self.revoke_except(tenant, &[]).await?;
+            // The database first: its claims decide whether a recreated endpoint gets the
+            // tenant id back, so they go even when the broker is away.
+            let claim = self.claim_tenant(tenant, who).await?;
+            if claim != TenantClaim::Ours {
+                return Ok(());
+            }
             self.db
                 .release_tenant(tenant, &who.uid)
                 .await
-                .map_err(|e| failed("releasing the tenant", e))
+                .map_err(|e| failed("releasing the tenant", e))?;
+            self.revoke_broker_users_except(tenant, &[]).await
         })
     }
 

@@ -798,6 +798,12 @@ async fn a_second_endpoint_for_the_same_tenant_touches_nothing() {
         .unwrap()
         .tenants
         .insert(TENANT.into(), holder);
+    h.store.lock().unwrap().objects.insert(
+        "/apis/anchorpipe.dev/v1alpha1/namespaces/tenants/ingestionendpoints/first".into(),
+        json!({"apiVersion": "anchorpipe.dev/v1alpha1", "kind": "IngestionEndpoint",
+               "metadata": {"name": "first", "namespace": NS, "uid": "uid-first", "generation": 1},
+               "spec": {"tenant": "acme", "repositories": [REPO]}}),
+    );
     let mut s = spec();
     s["queue"] = json!({"deletionPolicy": "Delete"});
     h.put(s, json!({}));
@@ -979,4 +985,47 @@ async fn the_platform_database_away_is_retried_not_fatal() {
     h.accounts.down.store(false, Ordering::SeqCst);
     h.converge().await.unwrap();
     assert_eq!(h.condition("CredentialsReady").0, "True");
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_deleted_endpoint_is_taken_over() {
+    let h = Harness::new();
+    // An earlier `acme` whose deletion gave up on an unreachable database.
+    h.accounts.state.lock().unwrap().tenants.insert(
+        TENANT.into(),
+        anchorpipe_operator::accounts::Claimant {
+            namespace: NS.into(),
+            name: "acme".into(),
+            uid: "uid-of-the-deleted-acme".into(),
+        },
+    );
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    let uid = h.get(IE).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.accounts.state.lock().unwrap().tenants[TENANT].uid, uid);
+    assert_eq!(h.condition("CredentialsReady").0, "True");
+}
+
+#[tokio::test]
+async fn deletion_with_the_broker_gone_for_good_still_releases_the_claims() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["queue"] = json!({"deletionPolicy": "Delete"});
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+    h.broker.down.store(true, Ordering::SeqCst);
+    h.delete();
+    assert!(
+        h.reconcile().await.is_err(),
+        "retried while within the timeout"
+    );
+    h.advance(Duration::from_secs(301));
+    h.reconcile().await.unwrap();
+    assert!(h.get(IE).is_none());
+    let state = h.accounts.state.lock().unwrap();
+    assert!(state.tenants.is_empty(), "claim left behind");
+    assert!(state.repositories.is_empty());
 }

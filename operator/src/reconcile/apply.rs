@@ -33,11 +33,7 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
 
     // 2. Claims: the tenant id, then each repository. A second claimant of the tenant id
     // touches nothing; it looks again from time to time, as the first may go away.
-    if let TenantClaim::Taken(holder) = ctx
-        .accounts
-        .claim_tenant(&tenant, &claimant(endpoint))
-        .await?
-    {
+    if let TenantClaim::Taken(holder) = claim_tenant(endpoint, &tenant, ctx).await? {
         let message = format!(
             "tenant {tenant} is already served by IngestionEndpoint {}/{}; set a different spec.tenant",
             holder.namespace, holder.name
@@ -226,4 +222,31 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
         next = next.min(CONFLICT_RECHECK);
     }
     Ok(Action::requeue(next))
+}
+
+/// Claims the tenant id. A claim held by an endpoint that no longer exists (its deletion
+/// gave up on an unreachable database, say) is stale: it is released, with whatever
+/// credentials it left, and claimed anew. The holder lives in the same namespace (the
+/// namespace is part of the tenant id), so this reads nothing of another tenant's.
+async fn claim_tenant(
+    endpoint: &IngestionEndpoint,
+    tenant: &str,
+    ctx: &Context,
+) -> Result<TenantClaim> {
+    let me = claimant(endpoint);
+    let claim = ctx.accounts.claim_tenant(tenant, &me).await?;
+    let TenantClaim::Taken(holder) = &claim else {
+        return Ok(claim);
+    };
+    let api: Api<IngestionEndpoint> = Api::namespaced(ctx.client.clone(), &holder.namespace);
+    let alive = api
+        .get_opt(&holder.name)
+        .await?
+        .is_some_and(|ep| ep.uid().as_deref() == Some(holder.uid.as_str()));
+    if alive {
+        return Ok(claim);
+    }
+    warn!(%tenant, holder = %holder.name, "releasing a stale tenant claim");
+    ctx.accounts.release(tenant, holder).await?;
+    Ok(ctx.accounts.claim_tenant(tenant, &me).await?)
 }

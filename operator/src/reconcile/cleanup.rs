@@ -33,9 +33,10 @@ pub(super) async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Resu
         Err(e) => return give_up_or_retry(endpoint, ctx, "release the tenant", &e.0).await,
     }
 
-    if let Some(action) = delete_queues(endpoint, &tenant, &topology, ctx).await? {
-        return Ok(action);
-    }
+    // Queues first (a retry is due while the broker may come back); once they are gone,
+    // kept, or given up on, the credentials and claims are released in any case, so a
+    // recreated endpoint of the same name finds its tenant id free.
+    delete_queues(endpoint, &tenant, &topology, ctx).await?;
 
     match ctx.accounts.release(&tenant, &who).await {
         Ok(()) => {
@@ -56,14 +57,14 @@ pub(super) async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Resu
     }
 }
 
-/// Deletes the tenant's queues when the deletion policy says so. `Ok(Some(_))` ends the
-/// cleanup early (a retry is due); `Ok(None)` goes on.
+/// Deletes the tenant's queues when the deletion policy says so. `Err` asks for a retry;
+/// `Ok` goes on (deleted, kept, or given up on after the cleanup timeout).
 async fn delete_queues(
     endpoint: &IngestionEndpoint,
     tenant: &str,
     topology: &BrokerTopology,
     ctx: &Context,
-) -> Result<Option<Action>> {
+) -> Result<()> {
     let regarding = endpoint.object_ref(&());
     let queues = format!("{} and {}", topology.queue, topology.dead_letter_queue);
 
@@ -77,7 +78,7 @@ async fn delete_queues(
             format!("kept queues {queues} (deletionPolicy Retain)"),
         )
         .await;
-        return Ok(None);
+        return Ok(());
     }
     // A spec naming queues outside the tenant's own names was never applied; deleting by
     // it would remove another tenant's queue.
@@ -91,7 +92,7 @@ async fn delete_queues(
             format!("queues were not deleted: {e}"),
         )
         .await;
-        return Ok(None);
+        return Ok(());
     }
     if endpoint
         .annotations()
@@ -113,7 +114,7 @@ async fn delete_queues(
             format!("{SKIP_BROKER_CLEANUP_ANNOTATION}=true: queues {queues} were not deleted and may remain on the broker"),
         )
         .await;
-        return Ok(None);
+        return Ok(());
     }
 
     match ctx.broker.delete(topology).await {
@@ -129,7 +130,7 @@ async fn delete_queues(
                 format!("deleted queues {queues}"),
             )
             .await;
-            Ok(None)
+            Ok(())
         }
         Err(e) => {
             let outcome = match e {
@@ -144,7 +145,7 @@ async fn delete_queues(
                 &e.to_string(),
             )
             .await
-            .map(Some)
+            .map(|_| ())
         }
     }
 }
