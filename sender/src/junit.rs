@@ -372,12 +372,12 @@ impl<'a> Parser<'a> {
             match event {
                 Event::Start(element) => {
                     let name = element.local_name().as_ref().to_owned();
-                    self.start(&name, &element, line())?;
+                    self.start(&name, &element)?;
                     self.open.push(name);
                 }
                 Event::Empty(element) => {
                     let name = element.local_name().as_ref().to_owned();
-                    self.start(&name, &element, line())?;
+                    self.start(&name, &element)?;
                     self.end(&name)?;
                 }
                 Event::End(element) => {
@@ -420,7 +420,7 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn start(&mut self, name: &str, element: &BytesStart<'_>, line: u64) -> Result<(), JunitError> {
+    fn start(&mut self, name: &str, element: &BytesStart<'_>) -> Result<(), JunitError> {
         if !self.seen_root {
             self.seen_root = true;
             if name != "testsuites" && name != "testsuite" {
@@ -491,7 +491,6 @@ impl<'a> Parser<'a> {
                         limit,
                     });
                 }
-                let _ = line;
                 self.case = Some(Case {
                     name: attr(element, "name"),
                     classname: attr(element, "classname"),
@@ -537,7 +536,10 @@ impl<'a> Parser<'a> {
             Collect::Failure => case.details.push(text),
             Collect::SkipMessage => {
                 let trimmed = text.trim();
-                if !trimmed.is_empty() {
+                // Kept to what fits the report anyway, so a huge skip text cannot grow
+                // memory (it is cut to the limit when the case is finished).
+                let held = case.skip_message.as_ref().map_or(0, String::len);
+                if !trimmed.is_empty() && held < MAX_FAILURE_DETAILS_CHARS * 4 {
                     case.skip_message
                         .get_or_insert_with(String::new)
                         .push_str(trimmed);
