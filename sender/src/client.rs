@@ -179,7 +179,19 @@ fn exchange(agent: &ureq::Agent, request: &SignedRequest, timeout: Duration) -> 
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let body = response.body_mut().read_to_string().unwrap_or_default();
+            // Redirects are not followed (a POST would turn into a GET without the
+            // report); the user is told where to point the URL instead.
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = match location {
+                Some(location) if (300..400).contains(&status) => {
+                    format!("redirected to {location}: use that URL")
+                }
+                _ => response.body_mut().read_to_string().unwrap_or_default(),
+            };
             Attempt::Answered {
                 status,
                 retry_after,
@@ -204,6 +216,7 @@ fn exchange(agent: &ureq::Agent, request: &SignedRequest, timeout: Duration) -> 
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(0)
         .user_agent(concat!("anchorpipe/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
