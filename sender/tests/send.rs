@@ -407,3 +407,46 @@ async fn missing_settings_are_usage_errors_and_the_key_is_never_an_argument() {
     .await;
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+#[tokio::test]
+async fn a_redirect_is_refused_with_the_location_to_use() {
+    // An http:// URL in front of an https-only endpoint answers with a redirect; following
+    // it would turn the POST into a GET without the report.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new().route(
+        "/api/ingestion",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::PERMANENT_REDIRECT,
+                [("location", "https://reports.example.com/api/ingestion")],
+            )
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let env = HashMap::from([
+        ("ANCHORPIPE_URL", url),
+        ("ANCHORPIPE_REPO_ID", uuid::Uuid::new_v4().to_string()),
+        ("ANCHORPIPE_KEY", support::SECRET.to_owned()),
+    ]);
+    let file = fixture("pytest.xml");
+    let run = anchorpipe(
+        &[
+            "send",
+            file.to_str().unwrap(),
+            "--commit-sha",
+            SHA,
+            "--run-id",
+            "x",
+        ],
+        &env,
+    )
+    .await;
+    server.abort();
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("HTTP 308: redirected to https://reports.example.com/api/ingestion"),
+        "{run:?}"
+    );
+}
