@@ -450,3 +450,78 @@ async fn a_redirect_is_refused_with_the_location_to_use() {
         "{run:?}"
     );
 }
+
+/// Forwards connections to `target`, except that the first one is cut as soon as the
+/// server starts answering: the report is stored, but the client never hears so.
+async fn proxy_losing_the_first_response(target: String) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut server = tokio::net::TcpStream::connect(&target).await.unwrap();
+            if first {
+                first = false;
+                tokio::spawn(async move {
+                    let (mut client_read, _client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let upload = tokio::io::copy(&mut client_read, &mut server_write);
+                    let mut answer = [0u8; 1];
+                    // Forward the request until the server's first answer byte, then
+                    // drop both connections without passing the answer on.
+                    tokio::select! {
+                        _ = upload => {}
+                        _ = server_read.read_exact(&mut answer) => {}
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        }
+    });
+    url
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn a_report_stored_but_whose_answer_was_lost_counts_as_sent(pool: PgPool) {
+    let ingest = start(pool, |_| {}).await;
+    let mut env = ingest.env();
+    env.insert(
+        "ANCHORPIPE_URL",
+        proxy_losing_the_first_response(ingest.url.clone()).await,
+    );
+    let file = fixture("pytest.xml");
+    let run = anchorpipe(
+        &[
+            "send",
+            file.to_str().unwrap(),
+            "--commit-sha",
+            SHA,
+            "--run-id",
+            "lost",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "the retry's duplicate is this run's report: {run:?}"
+    );
+    assert!(run.stderr.contains("retrying in"), "{run:?}");
+    assert!(run.stdout.contains("stored part 1/1"), "{run:?}");
+    assert_eq!(ingest.stored().await.len(), 1);
+    // The first attempt stored it; the retry was answered as a duplicate.
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE repo_id = $1 ORDER BY id")
+            .bind(ingest.repo)
+            .fetch_all(&ingest.pool)
+            .await
+            .unwrap();
+    assert_eq!(actions, vec!["accepted", "duplicate"]);
+}
