@@ -637,6 +637,74 @@ mod tests {
         );
     }
 
+    fn send_args(extra: &[&str]) -> SendArgs {
+        let mut argv = vec!["anchorpipe", "send", "report.xml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Send(args) => args,
+            Command::Verify(_) => unreachable!(),
+        }
+    }
+
+    fn one_test() -> Vec<crate::report::TestResult> {
+        serde_json::from_value(json!([{"path": "p", "name": "n", "status": "pass",
+            "startedAt": "2026-11-29T12:00:00Z"}]))
+        .unwrap()
+    }
+
+    const REPO: &str = "7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61";
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn flags_override_the_json_which_overrides_the_ci() {
+        let ci = ci::detect(&HashMap::from([
+            ("GITLAB_CI".to_owned(), "true".to_owned()),
+            ("CI_COMMIT_SHA".to_owned(), SHA.to_owned()),
+            ("CI_JOB_ID".to_owned(), "77".to_owned()),
+            ("CI_COMMIT_BRANCH".to_owned(), "main".to_owned()),
+            ("CI_MERGE_REQUEST_IID".to_owned(), "5".to_owned()),
+            ("CI_PIPELINE_ID".to_owned(), "9".to_owned()),
+        ]));
+        let mut report = Report::new("");
+        report.branch = Some("from-json".to_owned());
+        report.environment = Some(BTreeMap::from([("pipeline".to_owned(), "json".to_owned())]));
+        report.tests = one_test();
+        let args = send_args(&["--run-id", "flag-run", "--env", "os=linux"]);
+        fill(&mut report, &args, REPO, &["pytest"], ci).unwrap();
+        assert_eq!(report.repo_id, REPO);
+        assert_eq!(report.commit_sha, SHA, "from the CI");
+        assert_eq!(report.run_id, "flag-run", "from the flag");
+        assert_eq!(
+            report.branch.as_deref(),
+            Some("from-json"),
+            "the JSON over the CI"
+        );
+        assert_eq!(report.pull_request.as_deref(), Some("5"));
+        assert_eq!(report.framework, "pytest", "from the XML producer");
+        let environment = report.environment.unwrap();
+        assert_eq!(environment["ci"], "gitlab-ci");
+        assert_eq!(environment["pipeline"], "json");
+        assert_eq!(environment["os"], "linux");
+    }
+
+    #[test]
+    fn a_missing_commit_or_run_id_is_a_usage_error_naming_the_flag() {
+        let mut report = Report::new("junit");
+        report.tests = one_test();
+        let error = fill(&mut report, &send_args(&[]), REPO, &[], CiInfo::default()).unwrap_err();
+        assert_eq!(error.0, Exit::Usage);
+        assert!(error.1.contains("--commit-sha"), "{}", error.1);
+        let error = fill(
+            &mut report,
+            &send_args(&["--commit-sha", SHA]),
+            REPO,
+            &[],
+            CiInfo::default(),
+        )
+        .unwrap_err();
+        assert!(error.1.contains("--run-id"), "{}", error.1);
+    }
+
     #[test]
     fn the_command_line_parses() {
         use clap::CommandFactory as _;
