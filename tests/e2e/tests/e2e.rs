@@ -1354,3 +1354,143 @@ async fn a_hostile_tenant_cannot_reach_another_tenants_queue_repository_or_rows(
     b_ns.finish().await;
     a_ns.finish().await;
 }
+
+/// The credential set named in the endpoint's credentials Secret: (id, database URL,
+/// broker URL).
+async fn credentials(ns: &TestNs, name: &str) -> (String, String, String) {
+    let secret = ns
+        .api::<Secret>()
+        .get(&format!("{name}-credentials"))
+        .await
+        .unwrap();
+    let id = secret.annotations()["anchorpipe.dev/credentials-id"].clone();
+    let data = secret.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    (id, text("database-url"), text("amqp-url"))
+}
+
+/// Whether `url` still logs in to PostgreSQL.
+async fn database_login_works(url: &str) -> bool {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect(url).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether `url` still logs in to RabbitMQ.
+async fn broker_login_works(url: &str) -> bool {
+    match lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await {
+        Ok(conn) => {
+            let _ = conn.close(200, "done".into()).await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_rotation_rolls_the_pods_and_revokes_the_old_login() {
+    let mut ns = TestNs::new("credential_rotation").await;
+    ns.platform().await;
+    let t = running(&mut ns, "cred", json!({})).await;
+    let (old_id, old_db, old_amqp) = credentials(&ns, &t.name).await;
+    assert!(database_login_works(&old_db).await && broker_login_works(&old_amqp).await);
+    let key = key(&ns, "cred-hmac", &t.key_id).await;
+    assert_eq!(
+        report::post(&t.pod.base_url(), &t.repo, "old-creds", &key)
+            .await
+            .0,
+        200
+    );
+    drop(t);
+
+    let out = kubectl(&[
+        "annotate",
+        "-n",
+        &ns.name,
+        "ingestionendpoint",
+        "cred",
+        "anchorpipe.dev/rotate-credentials=e2e-1",
+    ])
+    .await;
+    assert!(out.success, "{}", out.stderr);
+    // The pods roll onto the new set (kwok runs the new ReplicaSet's pods); then the
+    // operator revokes the old login and broker user.
+    let (new_id, new_db, new_amqp) = eventually("new credentials", READY_TIMEOUT, || async {
+        let creds = credentials(&ns, "cred").await;
+        if creds.0 != old_id {
+            Ok(creds)
+        } else {
+            Err(creds.0)
+        }
+    })
+    .await;
+    eventually("the old credentials revoked", READY_TIMEOUT, || {
+        let (db, amqp) = (old_db.clone(), old_amqp.clone());
+        async move {
+            match (
+                database_login_works(&db).await,
+                broker_login_works(&amqp).await,
+            ) {
+                (false, false) => Ok(()),
+                other => Err(format!(
+                    "old login still works (database, broker): {other:?}"
+                )),
+            }
+        }
+    })
+    .await;
+    assert!(database_login_works(&new_db).await && broker_login_works(&new_amqp).await);
+    let deployment = ns.api::<Deployment>().get("cred-ingest").await.unwrap();
+    let template = deployment.spec.template.metadata.unwrap();
+    assert_eq!(
+        template.annotations.unwrap()["anchorpipe.dev/credentials-id"],
+        new_id
+    );
+
+    // A pod of the new template serves with the new credentials.
+    let mut pod = KubeletPod::from_deployment(&ns.client, &ns.name, "cred-ingest").await;
+    pod.start().await;
+    let repo = ns.endpoints().get("cred").await.unwrap().spec.repositories[0].clone();
+    assert_eq!(
+        report::post(&pod.base_url(), &repo, "new-creds", &key)
+            .await
+            .0,
+        200
+    );
+    let reasons: Vec<String> = ns
+        .events("cred")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "CredentialsRevoked"),
+        "{reasons:?}"
+    );
+    drop(pod);
+
+    // Deleting the endpoint revokes the current set too.
+    ns.endpoints()
+        .delete("cred", &Default::default())
+        .await
+        .unwrap();
+    eventually("credentials revoked on deletion", READY_TIMEOUT, || {
+        let (db, amqp) = (new_db.clone(), new_amqp.clone());
+        async move {
+            match (
+                database_login_works(&db).await,
+                broker_login_works(&amqp).await,
+            ) {
+                (false, false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    ns.finish().await;
+}
