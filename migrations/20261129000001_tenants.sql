@@ -150,10 +150,14 @@ GRANT INSERT (ingestion_id, tenant, exchange, routing_key, message, request_id, 
     ON outbox TO anchorpipe_tenant;
 GRANT UPDATE (sent_at, attempts, next_attempt_at, last_error) ON outbox TO anchorpipe_tenant;
 
--- Tenant logins may connect to this database (and only through the group, so a login
--- holds no privilege of its own and DROP ROLE needs no cleanup first).
+-- Tenant logins may connect to this database, through the group, so a login holds no
+-- privilege of its own and DROP ROLE needs no cleanup first. TEMPORARY is taken from
+-- PUBLIC (the service uses no temporary tables): a login could otherwise create tables
+-- after all, and a session's temporary table would make its login impossible to drop.
+-- The owner keeps both as the database's owner.
 DO $$
 BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO anchorpipe_tenant', current_database());
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
 END
 $$;
