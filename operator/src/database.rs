@@ -165,7 +165,11 @@ impl TenantDb {
                         uid,
                     })
                 };
-                tracing::debug!(tenant, ours = matches!(claim, TenantClaim::Ours), "tenant claim");
+                tracing::debug!(
+                    tenant,
+                    ours = matches!(claim, TenantClaim::Ours),
+                    "tenant claim"
+                );
                 return Ok(claim);
             }
         }
@@ -190,14 +194,13 @@ impl TenantDb {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         lock_tenant(&mut tx, tenant).await?;
-        let released = sqlx::query(
-            "DELETE FROM repository_owners WHERE tenant = $1 AND repo_id <> ALL($2)",
-        )
-        .bind(tenant)
-        .bind(&wanted)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let released =
+            sqlx::query("DELETE FROM repository_owners WHERE tenant = $1 AND repo_id <> ALL($2)")
+                .bind(tenant)
+                .bind(&wanted)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         sqlx::query(
             "INSERT INTO repository_owners (repo_id, tenant)
              SELECT repo, $1 FROM unnest($2::uuid[]) AS repo
@@ -216,7 +219,9 @@ impl TenantDb {
 
         let mut claims = RepositoryClaims::default();
         for repo in wanted {
-            let ours = owners.iter().any(|(id, owner)| *id == repo && owner == tenant);
+            let ours = owners
+                .iter()
+                .any(|(id, owner)| *id == repo && owner == tenant);
             if ours {
                 claims.owned.push(repo);
             } else {
@@ -628,9 +633,12 @@ mod tests {
             url,
             "postgres://ap_acme_k1:p%40ss%2Fw%3Ard%3F@db.example:5433/anchorpipe?sslmode=require"
         );
-        let socket =
-            tenant_database_url("postgres:///anchorpipe?host=/run/postgresql", "ap_a_1", "pw")
-                .unwrap();
+        let socket = tenant_database_url(
+            "postgres:///anchorpipe?host=/run/postgresql",
+            "ap_a_1",
+            "pw",
+        )
+        .unwrap();
         assert_eq!(
             socket,
             "postgres:///anchorpipe?host=%2Frun%2Fpostgresql&user=ap_a_1&password=pw"

@@ -71,7 +71,10 @@ impl Tenant {
     async fn new(db: &TenantDb, repos: &[Uuid]) -> Tenant {
         let name = unique_tenant();
         let who = claimant(&name);
-        assert_eq!(db.claim_tenant(&name, &who).await.unwrap(), TenantClaim::Ours);
+        assert_eq!(
+            db.claim_tenant(&name, &who).await.unwrap(),
+            TenantClaim::Ours
+        );
         let claims = db.claim_repositories(&name, repos).await.unwrap();
         assert_eq!(claims.owned, repos);
         let login = login_name(&name, "k1");
@@ -183,7 +186,7 @@ fn config_for(tenant: &Tenant, repo: Uuid) -> IngestConfig {
         repositories: vec![repo],
         signatures: Default::default(),
         rate_limit: RateLimitConfig {
-            per_repository: generous.clone(),
+            per_repository: generous,
             per_endpoint: generous,
         },
         limits: Default::default(),
@@ -199,16 +202,28 @@ async fn a_tenant_login_sees_none_of_another_tenants_rows(pool: PgPool) {
     let b = Tenant::new(&db, &[repo_b]).await;
     let a_pool = a.pool().await;
     store_as(&a_pool, &a.name, repo_a, "run-1").await.unwrap();
-    store::audit_rejected(&a_pool, &a.name, repo_a, "Invalid payload", &RequestMeta::default())
-        .await
-        .unwrap();
+    store::audit_rejected(
+        &a_pool,
+        &a.name,
+        repo_a,
+        "Invalid payload",
+        &RequestMeta::default(),
+    )
+    .await
+    .unwrap();
 
     let mut a_conn = a.connection().await;
-    assert_eq!(count(&mut a_conn, "SELECT count(*) FROM ingestions").await, 1);
+    assert_eq!(
+        count(&mut a_conn, "SELECT count(*) FROM ingestions").await,
+        1
+    );
     assert_eq!(count(&mut a_conn, "SELECT count(*) FROM outbox").await, 1);
 
     let mut b_conn = b.connection().await;
-    assert_eq!(count(&mut b_conn, "SELECT count(*) FROM ingestions").await, 0);
+    assert_eq!(
+        count(&mut b_conn, "SELECT count(*) FROM ingestions").await,
+        0
+    );
     assert_eq!(count(&mut b_conn, "SELECT count(*) FROM outbox").await, 0);
     let filtered = format!(
         "SELECT count(*) FROM ingestions WHERE tenant = '{}' OR repo_id = '{repo_a}'",
@@ -496,9 +511,7 @@ async fn the_ingest_service_works_as_a_tenant_login(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn a_repository_that_changed_tenants_is_no_duplicate_of_the_old_tenants_report(
-    pool: PgPool,
-) {
+async fn a_repository_that_changed_tenants_is_no_duplicate_of_the_old_tenants_report(pool: PgPool) {
     let db = TenantDb::from_pool(pool.clone());
     let repo = Uuid::new_v4();
     let a = Tenant::new(&db, &[repo]).await;
@@ -556,8 +569,14 @@ async fn the_second_claimant_of_a_tenant_is_told_who_holds_it(pool: PgPool) {
         name: "squatter".to_owned(),
         uid: Uuid::new_v4().to_string(),
     };
-    assert_eq!(db.claim_tenant(&tenant, &first).await.unwrap(), TenantClaim::Ours);
-    assert_eq!(db.claim_tenant(&tenant, &first).await.unwrap(), TenantClaim::Ours);
+    assert_eq!(
+        db.claim_tenant(&tenant, &first).await.unwrap(),
+        TenantClaim::Ours
+    );
+    assert_eq!(
+        db.claim_tenant(&tenant, &first).await.unwrap(),
+        TenantClaim::Ours
+    );
     assert_eq!(
         db.claim_tenant(&tenant, &second).await.unwrap(),
         TenantClaim::Taken(first.clone())
@@ -574,7 +593,10 @@ async fn the_second_claimant_of_a_tenant_is_told_who_holds_it(pool: PgPool) {
         Err(Error::TenantNotClaimed(_))
     ));
     db.release_tenant(&tenant, &first.uid).await.unwrap();
-    assert_eq!(db.claim_tenant(&tenant, &second).await.unwrap(), TenantClaim::Ours);
+    assert_eq!(
+        db.claim_tenant(&tenant, &second).await.unwrap(),
+        TenantClaim::Ours
+    );
     db.release_tenant(&tenant, &second.uid).await.unwrap();
 }
 
@@ -597,7 +619,10 @@ async fn a_repository_owned_by_one_tenant_is_taken_for_another_until_released(po
         }
     );
     // Claiming is idempotent; dropping r2 from A's list releases it.
-    assert_eq!(db.claim_repositories(&a, &[r1]).await.unwrap().owned, vec![r1]);
+    assert_eq!(
+        db.claim_repositories(&a, &[r1]).await.unwrap().owned,
+        vec![r1]
+    );
     assert_eq!(
         db.claim_repositories(&b, &[r2, r3]).await.unwrap(),
         RepositoryClaims {
@@ -704,9 +729,7 @@ async fn releasing_a_tenant_with_another_endpoints_uid_changes_nothing(pool: PgP
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn a_released_tenants_login_cannot_connect_and_its_open_session_can_do_nothing(
-    pool: PgPool,
-) {
+async fn a_released_tenants_login_cannot_connect_and_its_open_session_can_do_nothing(pool: PgPool) {
     let db = TenantDb::from_pool(pool.clone());
     let repo = Uuid::new_v4();
     let a = Tenant::new(&db, &[repo]).await;
@@ -717,7 +740,10 @@ async fn a_released_tenants_login_cannot_connect_and_its_open_session_can_do_not
         .unwrap();
 
     a.release(&db).await;
-    assert!(PgConnection::connect(&a.url).await.is_err(), "login dropped");
+    assert!(
+        PgConnection::connect(&a.url).await.is_err(),
+        "login dropped"
+    );
     assert!(db.logins(&a.name).await.unwrap().is_empty());
     let (roles,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname = $1")
         .bind(&a.login)
@@ -733,7 +759,11 @@ async fn a_released_tenants_login_cannot_connect_and_its_open_session_can_do_not
             .await,
         "read after release",
     );
-    assert!(store_as(&open_pool_conn, &a.name, repo, "run-2").await.is_err());
+    assert!(
+        store_as(&open_pool_conn, &a.name, repo, "run-2")
+            .await
+            .is_err()
+    );
 
     // The stored report stays; the repository and the tenant id are free again.
     let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM ingestions")
@@ -803,7 +833,10 @@ async fn ensuring_a_login_again_rotates_its_password_and_never_takes_over_a_fore
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert!(owner_exists, "drop_login leaves roles that are not tenant logins");
+    assert!(
+        owner_exists,
+        "drop_login leaves roles that are not tenant logins"
+    );
 
     // A second login for the same tenant, then dropped twice.
     let second = login_name(&a.name, "k2");
