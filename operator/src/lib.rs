@@ -3,7 +3,9 @@
 //! - [`reconcile`]: the pipeline (finalizer → validate → keys → objects → broker → status).
 //! - [`keys`], [`builders`], [`status`]: the pure decisions it is made of.
 //! - [`broker`]: the broker step behind a trait (AMQP in production, fakes in tests).
-//! - [`broker_users`]: per-tenant broker users through the RabbitMQ management API.
+//! - [`accounts`], [`credentials`]: tenant claims and minted credentials, behind a trait;
+//!   [`platform_accounts`] implements it with [`database`] (claims, repository ownership,
+//!   per-tenant logins) and [`broker_users`] (per-tenant broker users).
 //! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 

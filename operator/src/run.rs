@@ -82,7 +82,6 @@ pub async fn run(config: RunConfig) -> Result<()> {
             .map_err(|e| Error::Accounts(AccountError(e.to_string())))?,
     );
     let db = TenantDb::connect(&config.database_url)
-        .await
         .map_err(|e| Error::Accounts(AccountError(e.to_string())))?;
     let accounts = Arc::new(PlatformAccounts::new(
         db,
