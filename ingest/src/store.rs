@@ -7,6 +7,8 @@
 //! reports exactly one inserts, the others wait for its commit, see the conflict, and
 //! replay its stored response.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
@@ -54,29 +56,57 @@ pub struct NewReport<'a> {
 }
 
 /// The existing anchorpipe event, plus the ingestion id consumers dedupe and look up by.
+/// Serialized straight from the header: `environment` and `metadata` are written as the
+/// client sent them, never expanded into a `Value` tree.
+#[derive(Debug, Serialize)]
+pub struct EventMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    #[serde(rename = "ingestionId")]
+    ingestion_id: Uuid,
+    payload: EventPayload<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventPayload<'a> {
+    ingestion_id: Uuid,
+    repo_id: Uuid,
+    commit_sha: &'a str,
+    run_id: &'a str,
+    framework: &'a str,
+    test_count: usize,
+    branch: Option<&'a str>,
+    pull_request: Option<&'a str>,
+    environment: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
+}
+
+/// The event for an accepted report.
 pub fn event_message(
     ingestion_id: Uuid,
     header: &ReportHeader,
     test_count: usize,
     timestamp: chrono::DateTime<chrono::Utc>,
-) -> Value {
-    json!({
-        "type": "test.run.received",
-        "timestamp": timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "ingestionId": ingestion_id,
-        "payload": {
-            "ingestionId": ingestion_id,
-            "repoId": header.repo_id,
-            "commitSha": header.commit_sha,
-            "runId": header.run_id,
-            "framework": header.framework,
-            "testCount": test_count,
-            "branch": header.branch,
-            "pullRequest": header.pull_request,
-            "environment": header.environment,
-            "metadata": header.metadata,
-        }
-    })
+) -> EventMessage<'_> {
+    EventMessage {
+        kind: "test.run.received",
+        timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ingestion_id,
+        payload: EventPayload {
+            ingestion_id,
+            repo_id: header.repo_id,
+            commit_sha: &header.commit_sha,
+            run_id: &header.run_id,
+            framework: &header.framework,
+            test_count,
+            branch: header.branch.as_deref(),
+            pull_request: header.pull_request.as_deref(),
+            environment: header.environment.as_deref(),
+            metadata: header.metadata.as_deref(),
+        },
+    }
 }
 
 /// A W3C `traceparent` (version 00, sampled) for a request that came without one, so
@@ -150,7 +180,7 @@ pub async fn store_report(
         .bind(report.tenant)
         .bind(&report.topology.exchange)
         .bind(&report.topology.routing_key)
-        .bind(&message)
+        .bind(sqlx::types::Json(&message))
         .bind(&meta.request_id)
         .bind(
             meta.traceparent
