@@ -108,24 +108,41 @@ fn type_message(expected: &str, received: Kind) -> String {
     format!("Expected {expected}), received {}", received.name())
 }
 
-/// Problems of one part of the report, in order: the first [`MAX_DETAILS`] kept, all
-/// counted.
-#[derive(Debug, Default)]
+/// Problems of one part of the report, in order: the first `room` (at most
+/// [`MAX_DETAILS`]) kept, all counted.
+#[derive(Debug)]
 struct Errors {
     shown: Vec<Detail>,
     total: usize,
+    /// How many can still be listed where these end up: past it a problem is only
+    /// counted, without formatting its message (13 million wrong items stay cheap).
+    room: usize,
+}
+
+impl Default for Errors {
+    fn default() -> Self {
+        Self::with_room(MAX_DETAILS)
+    }
 }
 
 impl Errors {
+    fn with_room(room: usize) -> Self {
+        Self {
+            shown: Vec::new(),
+            total: 0,
+            room,
+        }
+    }
+
     fn push(&mut self, detail: impl FnOnce() -> Detail) {
-        if self.shown.len() < MAX_DETAILS {
+        if self.shown.len() < self.room {
             self.shown.push(detail());
         }
         self.total += 1;
     }
 
     fn extend(&mut self, other: Errors) {
-        let room = MAX_DETAILS.saturating_sub(self.shown.len());
+        let room = self.room.saturating_sub(self.shown.len());
         self.shown.extend(other.shown.into_iter().take(room));
         self.total += other.total;
     }
@@ -987,6 +1004,7 @@ impl<'de> Visitor<'de> for TestsSeed<'_> {
             ctx: &mut *ctx,
             remaining: inner,
             index: count,
+            room: MAX_DETAILS - items_errors.shown.len(),
         })? {
             items_errors.extend(errors);
             if let Some(nul) = nul {
@@ -1014,11 +1032,12 @@ impl<'de> Visitor<'de> for TestsSeed<'_> {
     }
 }
 
-/// One item of `tests`.
+/// One item of `tests`; `room`: how many of its problems can still be listed.
 struct TestSeed<'c> {
     ctx: &'c mut Ctx,
     remaining: u32,
     index: usize,
+    room: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for TestSeed<'_> {
@@ -1034,7 +1053,7 @@ impl<'de> DeserializeSeed<'de> for TestSeed<'_> {
 
 impl TestSeed<'_> {
     fn not_object<'de>(&self, kind: Kind, nul: Option<Nul<'de>>) -> (Errors, Option<Nul<'de>>) {
-        let mut errors = Errors::default();
+        let mut errors = Errors::with_room(self.room);
         let index = self.index;
         errors.push(|| detail(format!("tests.{index}"), type_message("Object", kind)));
         (errors, nul)
@@ -1086,6 +1105,7 @@ impl<'de> Visitor<'de> for TestSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let index = self.index;
+        let room = self.room;
         let ctx = self.ctx;
         let inner = deeper::<A::Error>(self.remaining)?;
         // Per field (TEST_FIELDS order): `Some` once present, holding its problems.
@@ -1190,7 +1210,7 @@ impl<'de> Visitor<'de> for TestSeed<'_> {
             fields[field] = Some(errors);
             record_entry(&mut entries, ctx, key, nul);
         }
-        let mut errors = Errors::default();
+        let mut errors = Errors::with_room(room);
         for required in ["path", "name", "status", "startedAt"] {
             let present = TEST_FIELDS
                 .iter()
