@@ -284,6 +284,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_event_keeps_its_shape_with_raw_environment_and_metadata() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).ok();
+        let header = ReportHeader {
+            repo_id: Uuid::nil(),
+            commit_sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            run_id: "r".to_owned(),
+            framework: "jest".to_owned(),
+            branch: Some("main".to_owned()),
+            pull_request: None,
+            environment: raw(r#"{"CI": "true"}"#),
+            metadata: raw(r#"{"a": [1, {"b": null}]}"#),
+            idempotency_key: None,
+        };
+        let id = Uuid::from_u128(7);
+        let at = chrono::DateTime::from_timestamp(1_764_351_780, 0).unwrap_or_default();
+        let message = serde_json::to_value(event_message(id, &header, 3, at)).ok();
+        assert_eq!(
+            message,
+            Some(json!({
+                "type": "test.run.received",
+                "timestamp": "2025-11-28T17:43:00.000Z",
+                "ingestionId": id,
+                "payload": {
+                    "ingestionId": id,
+                    "repoId": Uuid::nil(),
+                    "commitSha": "0123456789abcdef0123456789abcdef01234567",
+                    "runId": "r",
+                    "framework": "jest",
+                    "testCount": 3,
+                    "branch": "main",
+                    "pullRequest": null,
+                    "environment": {"CI": "true"},
+                    "metadata": {"a": [1, {"b": null}]},
+                }
+            }))
+        );
+    }
+
+    #[test]
     fn generated_traceparents_are_well_formed() {
         let t = new_traceparent();
         assert!(is_traceparent(&t), "{t}");
