@@ -77,7 +77,11 @@ fn micros(d: Duration) -> String {
 }
 
 fn mib(bytes: usize) -> String {
-    format!("{:.2} MiB", bytes as f64 / MIB)
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / MIB)
+    }
 }
 
 pub fn run() -> anyhow::Result<()> {
