@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -29,7 +29,7 @@ use crate::audit::Aggregator;
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::ratelimit::{Decision, FailureGuard, RateLimiter};
-use crate::report::{Detail, ReportValidator};
+use crate::report::{Detail, Rejection, ReportValidator};
 use crate::signature::{self, AuthFailure};
 use crate::store::{self, NewReport, RequestMeta, Stored};
 use anchorpipe_crds::config::IngestConfig;
@@ -104,13 +104,13 @@ impl AppState {
         pool: PgPool,
         metrics: Arc<Metrics>,
         delivery: Arc<DeliveryHealth>,
-    ) -> Result<Self, crate::report::SchemaError> {
+    ) -> Result<Self, std::convert::Infallible> {
         let budget_units = (config.limits.max_in_flight_bytes / BUDGET_UNIT)
             .min(Semaphore::MAX_PERMITS as u64) as usize;
         Ok(Self {
             limiter: RateLimiter::new(&config.rate_limit),
             failures: FailureGuard::default(),
-            validator: ReportValidator::new(config.limits.max_tests)?,
+            validator: ReportValidator::new(config.limits.max_tests),
             config: Arc::new(config),
             keys,
             pool,
@@ -497,8 +497,13 @@ fn parse_and_validate(
     validator: &ReportValidator,
     bytes: &[u8],
 ) -> Result<(crate::report::ReportHeader, usize), ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| ApiError::InvalidJson)?;
-    validator.validate(&value).map_err(ApiError::InvalidPayload)
+    let report = validator
+        .parse(bytes)
+        .map_err(|rejection| match rejection {
+            Rejection::InvalidJson => ApiError::InvalidJson,
+            Rejection::Invalid(details) => ApiError::InvalidPayload(details),
+        })?;
+    Ok((report.header(), report.test_count))
 }
 
 fn auth_failed(

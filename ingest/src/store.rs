@@ -12,6 +12,8 @@
 //! security policies of `migrations/20261129000001_tenants.sql`: an ingestion is refused
 //! for a repository the tenant does not own.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
@@ -59,29 +61,57 @@ pub struct NewReport<'a> {
 }
 
 /// The existing anchorpipe event, plus the ingestion id consumers dedupe and look up by.
+/// Serialized straight from the header: `environment` and `metadata` are written as the
+/// client sent them, never expanded into a `Value` tree.
+#[derive(Debug, Serialize)]
+pub struct EventMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    #[serde(rename = "ingestionId")]
+    ingestion_id: Uuid,
+    payload: EventPayload<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventPayload<'a> {
+    ingestion_id: Uuid,
+    repo_id: Uuid,
+    commit_sha: &'a str,
+    run_id: &'a str,
+    framework: &'a str,
+    test_count: usize,
+    branch: Option<&'a str>,
+    pull_request: Option<&'a str>,
+    environment: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
+}
+
+/// The event for an accepted report.
 pub fn event_message(
     ingestion_id: Uuid,
     header: &ReportHeader,
     test_count: usize,
     timestamp: chrono::DateTime<chrono::Utc>,
-) -> Value {
-    json!({
-        "type": "test.run.received",
-        "timestamp": timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "ingestionId": ingestion_id,
-        "payload": {
-            "ingestionId": ingestion_id,
-            "repoId": header.repo_id,
-            "commitSha": header.commit_sha,
-            "runId": header.run_id,
-            "framework": header.framework,
-            "testCount": test_count,
-            "branch": header.branch,
-            "pullRequest": header.pull_request,
-            "environment": header.environment,
-            "metadata": header.metadata,
-        }
-    })
+) -> EventMessage<'_> {
+    EventMessage {
+        kind: "test.run.received",
+        timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ingestion_id,
+        payload: EventPayload {
+            ingestion_id,
+            repo_id: header.repo_id,
+            commit_sha: &header.commit_sha,
+            run_id: &header.run_id,
+            framework: &header.framework,
+            test_count,
+            branch: header.branch.as_deref(),
+            pull_request: header.pull_request.as_deref(),
+            environment: header.environment.as_deref(),
+            metadata: header.metadata.as_deref(),
+        },
+    }
 }
 
 /// A W3C `traceparent` (version 00, sampled) for a request that came without one, so
@@ -155,7 +185,7 @@ pub async fn store_report(
         .bind(report.tenant)
         .bind(&report.topology.exchange)
         .bind(&report.topology.routing_key)
-        .bind(&message)
+        .bind(sqlx::types::Json(&message))
         .bind(&meta.request_id)
         .bind(
             meta.traceparent
@@ -259,6 +289,45 @@ pub async fn outbox_backlog(pool: &PgPool, tenant: &str) -> Result<(i64, f64), s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_keeps_its_shape_with_raw_environment_and_metadata() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).ok();
+        let header = ReportHeader {
+            repo_id: Uuid::nil(),
+            commit_sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            run_id: "r".to_owned(),
+            framework: "jest".to_owned(),
+            branch: Some("main".to_owned()),
+            pull_request: None,
+            environment: raw(r#"{"CI": "true"}"#),
+            metadata: raw(r#"{"a": [1, {"b": null}]}"#),
+            idempotency_key: None,
+        };
+        let id = Uuid::from_u128(7);
+        let at = chrono::DateTime::from_timestamp(1_764_351_780, 0).unwrap_or_default();
+        let message = serde_json::to_value(event_message(id, &header, 3, at)).ok();
+        assert_eq!(
+            message,
+            Some(json!({
+                "type": "test.run.received",
+                "timestamp": "2025-11-28T17:43:00.000Z",
+                "ingestionId": id,
+                "payload": {
+                    "ingestionId": id,
+                    "repoId": Uuid::nil(),
+                    "commitSha": "0123456789abcdef0123456789abcdef01234567",
+                    "runId": "r",
+                    "framework": "jest",
+                    "testCount": 3,
+                    "branch": "main",
+                    "pullRequest": null,
+                    "environment": {"CI": "true"},
+                    "metadata": {"a": [1, {"b": null}]},
+                }
+            }))
+        );
+    }
 
     #[test]
     fn generated_traceparents_are_well_formed() {

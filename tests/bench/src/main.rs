@@ -3,12 +3,14 @@
 //! - `run`: the whole matrix against freshly started ingest processes; writes
 //!   `RESULTS.md` and `throughput.png` (what `scripts/bench.sh` calls).
 //! - `load`: one load against an ingest service that is already running.
+//! - `parser`: the report parser alone, new against previous (time, peak heap).
 
 mod chart;
 mod limits;
 mod load;
 mod matrix;
 mod memory;
+mod parser;
 mod procstat;
 mod report;
 mod results;
@@ -39,6 +41,8 @@ enum Command {
     Run(RunArgs),
     /// Send one load to a running ingest service and print the figures.
     Load(LoadArgs),
+    /// Time and peak heap of the report parser, new against previous, in this process.
+    Parser,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +110,9 @@ struct LoadArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Parser = cli.command {
+        return parser::run();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -113,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Load(args) => one_load(args).await,
+            Command::Parser => Ok(()),
         }
     })
 }
