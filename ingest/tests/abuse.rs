@@ -40,12 +40,13 @@ impl Pod {
         self.process.port
     }
 
-    fn rss_kib(&self) -> u64 {
+    /// Peak resident memory of the pod so far (`VmHWM`), so a short spike is seen.
+    fn peak_rss_kib(&self) -> u64 {
         let pid = self.child.id().unwrap();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
@@ -193,6 +194,7 @@ async fn declared_but_unsent_bodies_hold_no_budget_and_are_answered_408(pool: Pg
     config.protection.body_stall_timeout_ms = 1500;
     let repo = config.repositories[0];
     let pod = Pod::start(&pool, &config, false).await;
+    let peak_before = pod.peak_rss_kib();
     let mut holders = Vec::new();
     for _ in 0..6 {
         let mut stream = TcpStream::connect(("127.0.0.1", pod.port())).await.unwrap();
@@ -215,6 +217,10 @@ async fn declared_but_unsent_bodies_hold_no_budget_and_are_answered_408(pool: Pg
         assert_eq!(status, 408);
     }
     assert_eq!(pod.metric("body_stalls_total").await, 6.0);
+    // 6 × 50 MiB declared: the pod paid for none of it.
+    let grown = pod.peak_rss_kib().saturating_sub(peak_before);
+    eprintln!("6 declared 50 MiB bodies: peak RSS grew by {grown} KiB");
+    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB");
 }
 
 /// Row 3 / item 3. Before: 50 connections that sent half a request line were all still
@@ -414,11 +420,12 @@ async fn a_25_mib_array_of_zeros_stays_within_three_times_its_size(pool: PgPool)
         body.push_str("0,");
     }
     body.push_str("0]");
-    let before = pod.rss_kib();
+    let before = pod.peak_rss_kib();
     let (status, _) = exchange(pod.port(), signed_request(repo, &body, None)).await;
     assert_eq!(status, 400);
-    let grown = pod.rss_kib().saturating_sub(before);
-    assert!(grown <= 3 * 25 * 1024, "RSS grew by {grown} KiB");
+    let grown = pod.peak_rss_kib().saturating_sub(before);
+    eprintln!("25 MiB [0,0,...]: peak RSS grew by {} MiB", grown / 1024);
+    assert!(grown <= 3 * 25 * 1024, "peak RSS grew by {grown} KiB");
 }
 
 /// Row 6 / item 6. Before: a row naming a missing exchange ahead of 20 reports → none
