@@ -630,6 +630,41 @@ mod tests {
     }
 
     #[test]
+    fn protection_defaults_and_errors_name_the_field() {
+        let config = IngestConfig::from_json(&minimal().to_string()).unwrap();
+        assert_eq!(config.protection, ProtectionConfig::default());
+        assert_eq!(
+            config.protection.per_source_bytes(&config.limits),
+            2 * DEFAULT_MAX_BODY_BYTES
+        );
+        assert_eq!(config.outbox.max_attempts, 10);
+        for (patch, field) in [
+            (
+                serde_json::json!({"trustedProxies": ["10.0.0.0/8", "nope"]}),
+                "protection.trustedProxies",
+            ),
+            (
+                serde_json::json!({"maxConnections": 0}),
+                "protection.maxConnections",
+            ),
+            (
+                serde_json::json!({"maxInFlightBytesPerSource": 1}),
+                "protection.maxInFlightBytesPerSource",
+            ),
+        ] {
+            let mut value = minimal();
+            value["protection"] = patch;
+            let err = IngestConfig::from_json(&value.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected `{field}` in: {err}");
+        }
+        let mut value = minimal();
+        value["protection"] = serde_json::json!({"trustedProxies": ["10.0.0.0/8", "192.0.2.1"]});
+        assert!(IngestConfig::from_json(&value.to_string()).is_ok());
+    }
+
+    #[test]
     fn tenant_topology_names_are_derived_from_the_tenant() {
         let topology = BrokerTopology::for_tenant("acme");
         assert_eq!(topology.queue, "anchorpipe.acme.reports");

@@ -166,6 +166,9 @@ async fn connection(
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // One timer per connection, not one per wake-up of a busy upload.
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -179,7 +182,7 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
             }
-            () = tokio::time::sleep(tick) => {
+            _ = ticker.tick() => {
                 match closing {
                     None if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) => {
                         metrics.connections_closed_idle.inc();

@@ -556,12 +556,21 @@ async fn a_rotated_key_directory_is_picked_up_without_restart(pool: PgPool) {
             .body(Body::from(body))
             .unwrap()
     };
-    assert_eq!(send(&app, post("old-secret-0123456789", "r1")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, post("old-secret-0123456789", "r1")).await.0,
+        StatusCode::OK
+    );
     // Rotation: the new key is added; both verify during the grace period.
     std::fs::write(dir.join("k-new"), "new-secret-0123456789").unwrap();
     wait_for(|| store.current().keys().len() == 2).await;
-    assert_eq!(send(&app, post("new-secret-0123456789", "r2")).await.0, StatusCode::OK);
-    assert_eq!(send(&app, post("old-secret-0123456789", "r3")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, post("new-secret-0123456789", "r2")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, post("old-secret-0123456789", "r3")).await.0,
+        StatusCode::OK
+    );
     // Grace over: the old key is removed and refused.
     std::fs::remove_file(dir.join("k-old")).unwrap();
     wait_for(|| store.current().keys().len() == 1).await;
@@ -569,7 +578,10 @@ async fn a_rotated_key_directory_is_picked_up_without_restart(pool: PgPool) {
         send(&app, post("old-secret-0123456789", "r4")).await.0,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(send(&app, post("new-secret-0123456789", "r5")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, post("new-secret-0123456789", "r5")).await.0,
+        StatusCode::OK
+    );
     shutdown.cancel();
     watcher.await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
