@@ -152,6 +152,12 @@ struct Window {
 }
 
 impl Window {
+    #[cfg(test)]
+    fn aged(mut self, by: Duration) -> Self {
+        self.started -= by;
+        self
+    }
+
     fn current(&mut self, now: Instant) -> &mut Self {
         if now.duration_since(self.started) >= WINDOW {
             *self = Window {
@@ -209,8 +215,13 @@ impl FailureGuard {
     /// Counts one failed verification from `source`.
     pub fn record_failure(&self, source: IpAddr) {
         let now = Instant::now();
-        let endpoint = &mut *lock(&self.endpoint);
-        endpoint.current(now).failures = endpoint.failures.saturating_add(1);
+        {
+            // Reset an expired window first, then count (the assignment's right side
+            // would otherwise read the expired count).
+            let mut endpoint = lock(&self.endpoint);
+            let window = endpoint.current(now);
+            window.failures = window.failures.saturating_add(1);
+        }
         let mut sources = lock(&self.sources);
         if !sources.contains_key(&source) && sources.len() >= MAX_SOURCES {
             sources.retain(|_, w| now.duration_since(w.started) < WINDOW);
@@ -224,7 +235,8 @@ impl FailureGuard {
             started: now,
             failures: 0,
         });
-        window.current(now).failures = window.failures.saturating_add(1);
+        let window = window.current(now);
+        window.failures = window.failures.saturating_add(1);
     }
 }
 
@@ -363,6 +375,18 @@ mod tests {
             guard.record_failure(IpAddr::from([192, 0, 2, i]));
         }
         assert!(guard.suspect(ip("198.51.100.2")), "endpoint-wide flood");
+        // A minute later the windows start again from zero.
+        {
+            let mut endpoint = lock(&guard.endpoint);
+            *endpoint = endpoint.aged(WINDOW);
+            let mut sources = lock(&guard.sources);
+            for w in sources.values_mut() {
+                *w = w.aged(WINDOW);
+            }
+        }
+        guard.record_failure(stranger);
+        assert!(!guard.suspect(stranger));
+        assert_eq!(lock(&guard.endpoint).failures, 1);
     }
 
     #[test]
