@@ -48,6 +48,133 @@ pub struct IngestConfig {
     /// Outbox backpressure: when to stop accepting while the broker is away.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// What a stranger on the internet can make this pod pay: connections, timeouts,
+    /// unverified work and audit rows, each bounded by a constant stated here.
+    #[serde(default)]
+    pub protection: ProtectionConfig,
+}
+
+/// Per-pod bounds on hostile traffic. Every limit is a constant; what is refused or
+/// folded is counted in metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProtectionConfig {
+    /// Milliseconds a client has to send a complete request head (request line and
+    /// headers) after connecting or between requests; the connection is closed after.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Seconds a keep-alive connection may stay idle (no request in progress) before it
+    /// is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// Open client connections this pod serves at once; further ones wait in the
+    /// listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Seconds one request may take from its first byte to its answer; answered 408
+    /// after.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+    /// Milliseconds a request body may go without a byte before it is answered 408 and
+    /// its share of the in-flight budget is released.
+    #[serde(default = "default_body_stall_ms")]
+    pub body_stall_timeout_ms: u64,
+    /// Bytes of request bodies one source (client address) may hold in memory at once.
+    /// Defaults to half of `limits.maxInFlightBytes` (at least `limits.maxBodyBytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_bytes_per_source: Option<u64>,
+    /// Failed signature checks per source per minute before that source's further
+    /// requests are verified one lane at a time ([`Self::unverified_concurrency`]).
+    /// Requests are never refused for this: a correct signature always gets its answer.
+    #[serde(default = "default_failures_per_source")]
+    pub failed_signatures_per_source_per_minute: u32,
+    /// Failed signature checks per minute, all sources together, before every request
+    /// is verified through the narrow lane.
+    #[serde(default = "default_failures_per_endpoint")]
+    pub failed_signatures_per_endpoint_per_minute: u32,
+    /// Requests from suspected sources whose body is read and verified at once.
+    #[serde(default = "default_unverified_concurrency")]
+    pub unverified_concurrency: u32,
+    /// Proxies (CIDRs, e.g. the Ingress controller's pod range) whose `X-Forwarded-For`
+    /// and `Forwarded` headers are believed. From any other peer they are ignored and
+    /// the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Audit rows that unauthenticated and rate-limited traffic may cause per flush
+    /// interval; further events are folded into one row per reason and counted.
+    #[serde(default = "default_unauthenticated_audit_rows")]
+    pub max_unauthenticated_audit_rows: u32,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            request_timeout_seconds: default_request_timeout(),
+            body_stall_timeout_ms: default_body_stall_ms(),
+            max_in_flight_bytes_per_source: None,
+            failed_signatures_per_source_per_minute: default_failures_per_source(),
+            failed_signatures_per_endpoint_per_minute: default_failures_per_endpoint(),
+            unverified_concurrency: default_unverified_concurrency(),
+            trusted_proxies: Vec::new(),
+            max_unauthenticated_audit_rows: default_unauthenticated_audit_rows(),
+        }
+    }
+}
+
+impl ProtectionConfig {
+    /// The per-source share of the in-flight budget for `limits`.
+    pub fn per_source_bytes(&self, limits: &LimitsConfig) -> u64 {
+        self.max_in_flight_bytes_per_source
+            .unwrap_or((limits.max_in_flight_bytes / 2).max(limits.max_body_bytes))
+    }
+}
+
+/// Ten seconds: a CI client sends its headers in one packet.
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One minute: CI clients post once per job, so longer keep-alive buys nothing.
+fn default_idle_timeout() -> u64 {
+    60
+}
+
+/// Bounded file descriptors and per-connection buffers (a few KiB each).
+fn default_max_connections() -> u32 {
+    1024
+}
+
+/// A 50 MiB report at a slow 512 KiB/s uplink takes 100 s; leave room for storing it.
+fn default_request_timeout() -> u64 {
+    120
+}
+
+/// Ten seconds without a byte is a stalled upload, not a slow one.
+fn default_body_stall_ms() -> u64 {
+    10_000
+}
+
+/// A CI job misconfigured with a wrong key retries a few times a minute at most.
+fn default_failures_per_source() -> u32 {
+    30
+}
+
+/// Ten times one source: several broken pipelines at once are still served normally.
+fn default_failures_per_endpoint() -> u32 {
+    300
+}
+
+/// Two suspected uploads at once: enough that one slow stranger cannot hold the lane.
+fn default_unverified_concurrency() -> u32 {
+    2
+}
+
+/// At the default 5 s flush, at most 20 rows a second however the traffic is shaped.
+fn default_unauthenticated_audit_rows() -> u32 {
+    100
 }
 
 /// The accepted signature schemes.
@@ -224,6 +351,14 @@ pub struct OutboxConfig {
     /// How long sent rows are kept before the cleanup deletes them, in seconds.
     #[serde(default = "default_retention")]
     pub sent_retention_seconds: u64,
+    /// Seconds the relay waits for the broker to confirm a message before that row
+    /// counts as a failed attempt.
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout_seconds: u64,
+    /// Failed publish attempts after which a row is parked: no longer retried until an
+    /// operator re-queues it (`anchorpipe-ingest outbox requeue`).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 impl Default for OutboxConfig {
@@ -232,6 +367,8 @@ impl Default for OutboxConfig {
             max_backlog_rows: default_backlog_rows(),
             max_backlog_age_seconds: default_backlog_age(),
             sent_retention_seconds: default_retention(),
+            confirm_timeout_seconds: default_confirm_timeout(),
+            max_attempts: default_max_attempts(),
         }
     }
 }
@@ -249,6 +386,17 @@ fn default_backlog_age() -> u64 {
 /// One hour of sent rows helps when investigating a delivery question.
 fn default_retention() -> u64 {
     3600
+}
+
+/// A confirm normally takes milliseconds; thirty seconds is a broker in trouble.
+fn default_confirm_timeout() -> u64 {
+    30
+}
+
+/// With the relay's backoff (1 s doubling, at most 5 min) ten attempts span about
+/// 13 minutes: long enough to outlast a topology being re-declared.
+fn default_max_attempts() -> u32 {
+    10
 }
 
 /// A config that cannot be used, with the field that is wrong.
@@ -334,6 +482,57 @@ impl IngestConfig {
         }
         if self.outbox.max_backlog_rows == 0 {
             return invalid("outbox.maxBacklogRows", "must be at least 1");
+        }
+        if self.outbox.max_attempts == 0 {
+            return invalid("outbox.maxAttempts", "must be at least 1");
+        }
+        if self.outbox.confirm_timeout_seconds == 0 {
+            return invalid("outbox.confirmTimeoutSeconds", "must be at least 1");
+        }
+        let p = &self.protection;
+        for (field, value) in [
+            ("protection.headerReadTimeoutMs", p.header_read_timeout_ms),
+            ("protection.idleTimeoutSeconds", p.idle_timeout_seconds),
+            ("protection.maxConnections", u64::from(p.max_connections)),
+            (
+                "protection.requestTimeoutSeconds",
+                p.request_timeout_seconds,
+            ),
+            ("protection.bodyStallTimeoutMs", p.body_stall_timeout_ms),
+            (
+                "protection.failedSignaturesPerSourcePerMinute",
+                u64::from(p.failed_signatures_per_source_per_minute),
+            ),
+            (
+                "protection.failedSignaturesPerEndpointPerMinute",
+                u64::from(p.failed_signatures_per_endpoint_per_minute),
+            ),
+            (
+                "protection.unverifiedConcurrency",
+                u64::from(p.unverified_concurrency),
+            ),
+            (
+                "protection.maxUnauthenticatedAuditRows",
+                u64::from(p.max_unauthenticated_audit_rows),
+            ),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
+        if p.per_source_bytes(&self.limits) < self.limits.max_body_bytes {
+            return invalid(
+                "protection.maxInFlightBytesPerSource",
+                "must be at least limits.maxBodyBytes, or a maximum-size report could never be read",
+            );
+        }
+        for (i, cidr) in p.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "protection.trustedProxies",
+                    message: format!("entry {i} `{cidr}` is not a CIDR or IP address"),
+                });
+            }
         }
         Ok(())
     }
@@ -424,6 +623,41 @@ mod tests {
                 .to_string();
             assert!(err.contains(field), "expected `{field}` in: {err}");
         }
+    }
+
+    #[test]
+    fn protection_defaults_and_errors_name_the_field() {
+        let config = IngestConfig::from_json(&minimal().to_string()).unwrap();
+        assert_eq!(config.protection, ProtectionConfig::default());
+        assert_eq!(
+            config.protection.per_source_bytes(&config.limits),
+            2 * DEFAULT_MAX_BODY_BYTES
+        );
+        assert_eq!(config.outbox.max_attempts, 10);
+        for (patch, field) in [
+            (
+                serde_json::json!({"trustedProxies": ["10.0.0.0/8", "nope"]}),
+                "protection.trustedProxies",
+            ),
+            (
+                serde_json::json!({"maxConnections": 0}),
+                "protection.maxConnections",
+            ),
+            (
+                serde_json::json!({"maxInFlightBytesPerSource": 1}),
+                "protection.maxInFlightBytesPerSource",
+            ),
+        ] {
+            let mut value = minimal();
+            value["protection"] = patch;
+            let err = IngestConfig::from_json(&value.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected `{field}` in: {err}");
+        }
+        let mut value = minimal();
+        value["protection"] = serde_json::json!({"trustedProxies": ["10.0.0.0/8", "192.0.2.1"]});
+        assert!(IngestConfig::from_json(&value.to_string()).is_ok());
     }
 
     #[test]

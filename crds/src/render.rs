@@ -12,8 +12,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::config::{
-    BrokerTopology, IngestConfig, Limit, LimitsConfig, OutboxConfig, QueueType, RateLimitConfig,
-    SignatureConfig,
+    BrokerTopology, IngestConfig, Limit, LimitsConfig, OutboxConfig, ProtectionConfig, QueueType,
+    RateLimitConfig, SignatureConfig,
 };
 use crate::v1alpha1::{
     DEFAULT_GRACE_PERIOD, DEFAULT_ROTATION_PERIOD, HmacSpec, IngestionEndpointSpec, LimitSpec,
@@ -376,6 +376,7 @@ pub fn ingest_config(
         },
         broker: broker_topology(spec, tenant),
         outbox: OutboxConfig::default(),
+        protection: ProtectionConfig::default(),
     };
     // The contract's own checks: a spec that passes ours but not the reader's would
     // crash-loop every pod, so refuse it here where the message reaches the user.

@@ -4,9 +4,12 @@
 //!
 //! Requests are counted in memory by (action, reason, repository, source) and written
 //! as one row per key per flush interval, with `occurrences` and `first_seen`. The map
-//! is bounded: past [`MAX_KEYS`] distinct keys, further ones are folded into a single
-//! key per (action, reason) with source `other`, so a spray of source addresses cannot
-//! grow memory either. Every event is also counted in metrics and logged at debug.
+//! is bounded by a configured number of keys (`protection.maxUnauthenticatedAuditRows`,
+//! at most [`MAX_KEYS`]): past it, further keys are folded into a single key per
+//! (action, reason) with source `other`, and the folded events are counted in the
+//! `audit_folded` metric. Rows per flush are therefore at most that bound plus the
+//! fixed number of (action, reason) pairs, whatever the traffic shape (the source
+//! address is the peer's, or a trusted proxy's forwarded one, never a client's claim).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Distinct (action, reason, repository, source) keys held between flushes.
+/// Ceiling on distinct (action, reason, repository, source) keys held between flushes.
 pub const MAX_KEYS: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,12 +52,34 @@ pub struct AggregatedRow {
     pub user_agent: Option<String>,
 }
 
-#[derive(Default)]
 pub struct Aggregator {
     pending: Mutex<HashMap<Key, Entry>>,
+    max_keys: usize,
+    /// Events folded into an `other` row because the key bound was reached.
+    folded: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::default(),
+            max_keys: MAX_KEYS,
+            folded: Default::default(),
+        }
+    }
 }
 
 impl Aggregator {
+    /// At most `max_keys` distinct keys per flush (capped at [`MAX_KEYS`]); folded
+    /// events are counted in `metrics`.
+    pub fn new(max_keys: usize, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            pending: Mutex::default(),
+            max_keys: max_keys.clamp(1, MAX_KEYS),
+            folded: metrics.audit_folded.clone(),
+        }
+    }
+
     /// Counts one event.
     pub fn record(
         &self,
@@ -75,9 +100,10 @@ impl Aggregator {
             repo_id,
             source_ip: source_ip.map(str::to_owned),
         };
-        if !pending.contains_key(&key) && pending.len() >= MAX_KEYS {
+        if !pending.contains_key(&key) && pending.len() >= self.max_keys {
             key.repo_id = None;
             key.source_ip = Some("other".to_owned());
+            self.folded.inc();
         }
         let now = Utc::now();
         let entry = pending.entry(key).or_insert_with(|| Entry {
@@ -126,7 +152,8 @@ impl Aggregator {
                 repo_id: row.repo_id,
                 source_ip: row.source_ip,
             };
-            if !pending.contains_key(&key) && pending.len() >= MAX_KEYS {
+            if !pending.contains_key(&key) && pending.len() >= self.max_keys {
+                self.folded.inc_by(u64::from(row.occurrences));
                 continue;
             }
             let entry = pending.entry(key).or_insert_with(|| Entry {

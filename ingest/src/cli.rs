@@ -4,6 +4,8 @@
 //! - `migrate`: apply the SQL migrations (the one owner of schema changes).
 //! - `declare-topology`: declare a tenant's broker topology from a config file, through
 //!   the same code path the operator uses; for local runs and tests.
+//! - `outbox parked` / `outbox requeue`: list the tenant's parked outbox rows (given up
+//!   on after too many failed publishes) and make them due again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,28 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, env = "AMQP_URL", hide_env_values = true)]
         amqp_url: String,
+    },
+    /// Inspect and re-queue the tenant's parked outbox rows.
+    Outbox {
+        /// The tenant config file (the tenant is taken from it).
+        #[arg(long, env = "INGEST_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Print the parked rows, one JSON object per line.
+    Parked,
+    /// Make parked rows due again with a fresh attempt count.
+    Requeue {
+        /// Only these outbox row ids (default: every parked row of the tenant).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
     },
 }
 
@@ -114,6 +138,11 @@ pub async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
         Command::DeclareTopology { config, amqp_url } => declare_topology(&config, &amqp_url).await,
+        Command::Outbox {
+            config,
+            database_url,
+            action,
+        } => outbox(config, database_url, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +179,35 @@ async fn declare_topology(config: &std::path::Path, amqp_url: &str) -> anyhow::R
     let channel = connection.create_channel().await?;
     anchorpipe_crds::topology::declare(&channel, &config.broker).await?;
     tracing::info!(queue = %config.broker.queue, "topology declared");
+    Ok(())
+}
+
+async fn outbox(
+    config: Option<PathBuf>,
+    database_url: Option<String>,
+    action: OutboxAction,
+) -> anyhow::Result<()> {
+    let config = load_config(&config.ok_or_else(|| anyhow::anyhow!("--config is required"))?)?;
+    let database_url = database_url
+        .ok_or_else(|| anyhow::anyhow!("--database-url or DATABASE_URL is required"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&database_url)
+        .await?;
+    match action {
+        OutboxAction::Parked => {
+            for row in crate::relay::parked_rows(&pool, &config.tenant).await? {
+                println!("{}", serde_json::to_string(&row)?);
+            }
+        }
+        OutboxAction::Requeue { ids } => {
+            let ids = (!ids.is_empty()).then_some(ids);
+            let n = crate::relay::requeue_parked(&pool, &config.tenant, ids.as_deref()).await?;
+            println!("{}", serde_json::json!({"requeued": n}));
+            tracing::info!(requeued = n, tenant = %config.tenant, "parked outbox rows re-queued");
+        }
+    }
     Ok(())
 }
 
@@ -212,12 +270,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         repositories = config.repositories.len(),
         "serving"
     );
-    axum::serve(
+    crate::server::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state),
+        crate::server::ConnectionLimits::from(&config.protection),
+        Arc::clone(&metrics),
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .await;
     tracing::info!("HTTP server drained; stopping background tasks");
     shutdown.cancel();
     for task in tasks {

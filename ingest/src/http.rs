@@ -2,11 +2,14 @@
 //!
 //! The ingestion handler does its work in an order that keeps unauthenticated traffic
 //! cheap: size check from `Content-Length` → header checks (bearer repository,
-//! signature headers, webhook timestamp) → body read under the size limit and the
-//! pod-wide in-flight byte budget → MAC verification → rate limit → backlog check →
-//! JSON parse and schema validation → one storing transaction.
+//! signature headers, webhook timestamp) → for a source with many failed signatures
+//! lately, a place in the narrow verification lane ([`crate::protect`]) → body read,
+//! reserving the pod-wide and per-source in-flight budget as bytes arrive and giving up
+//! on a stalled body → MAC verification → rate limit → backlog check → JSON parse and
+//! schema validation → one storing transaction. The whole pipeline runs under the
+//! request deadline.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +20,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use sqlx::PgPool;
@@ -28,7 +31,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::audit::Aggregator;
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::ratelimit::{Decision, FailureGuard, RateLimiter};
+use crate::protect::{FailureGuard, SourceBudget, SourceReservation, TrustedProxies};
+use crate::ratelimit::{Decision, RateLimiter};
 use crate::report::{Detail, Rejection, ReportValidator};
 use crate::signature::{self, AuthFailure};
 use crate::store::{self, NewReport, RequestMeta, Stored};
@@ -41,8 +45,9 @@ const BUDGET_UNIT: u64 = 1024;
 /// answered 503; long enough to ride out a burst, short enough not to hold CI jobs.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(10);
 
-/// Longest time allowed for receiving a body: 50 MiB at a slow 512 KiB/s CI uplink.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(100);
+/// The smallest allocation step of a body buffer; the buffer then doubles (up to the
+/// limit), and every step is reserved from the budget before it is allocated.
+const MIN_BUFFER: usize = 16 * 1024;
 
 /// Bodies above this are verified and parsed on the blocking pool, so a 50 MiB report
 /// does not stall the async workers serving small ones.
@@ -70,6 +75,8 @@ pub struct DeliveryHealth {
     /// Whether a relay runs in this process at all (readiness ignores the broker if not).
     pub relay_enabled: AtomicBool,
     pub backlog_rows: AtomicU64,
+    /// Rows parked after too many failed attempts; they need an operator's re-queue.
+    pub parked_rows: AtomicU64,
     pub oldest_age_secs: AtomicU64,
     /// Wakes this process's relay right after a report was committed. `Notify` keeps a
     /// wake-up that arrives while the relay is busy, so none is lost.
@@ -81,8 +88,12 @@ pub struct AppState {
     pub config: Arc<IngestConfig>,
     pub keys: KeyStore,
     pub limiter: RateLimiter,
-    /// Refuses repositories whose signature checks keep failing, before body reads.
+    /// Sends sources whose signature checks keep failing through the narrow lane.
     pub failures: FailureGuard,
+    /// Whose forwarded-for headers are believed.
+    pub proxies: TrustedProxies,
+    /// Body bytes held per source.
+    source_budget: Arc<SourceBudget>,
     pub validator: ReportValidator,
     pub pool: PgPool,
     pub audit: Arc<Aggregator>,
@@ -107,14 +118,20 @@ impl AppState {
     ) -> Result<Self, std::convert::Infallible> {
         let budget_units = (config.limits.max_in_flight_bytes / BUDGET_UNIT)
             .min(Semaphore::MAX_PERMITS as u64) as usize;
+        let audit = Arc::new(Aggregator::new(
+            config.protection.max_unauthenticated_audit_rows as usize,
+            Arc::clone(&metrics),
+        ));
         Ok(Self {
             limiter: RateLimiter::new(&config.rate_limit),
-            failures: FailureGuard::default(),
+            failures: FailureGuard::new(&config.protection),
+            proxies: TrustedProxies::new(&config.protection.trusted_proxies),
+            source_budget: SourceBudget::new(config.protection.per_source_bytes(&config.limits)),
             validator: ReportValidator::new(config.limits.max_tests),
             config: Arc::new(config),
             keys,
             pool,
-            audit: Arc::new(Aggregator::default()),
+            audit,
             metrics,
             delivery,
             body_budget: Arc::new(Semaphore::new(budget_units)),
@@ -151,6 +168,8 @@ pub fn app(state: Arc<AppState>) -> Router {
 pub enum ApiError {
     PayloadTooLarge(u64),
     BodyTimeout,
+    /// The whole request took longer than the request deadline.
+    RequestTimeout,
     BodyUnreadable,
     Unauthorized(AuthFailure),
     RateLimited(Decision),
@@ -170,6 +189,7 @@ impl ApiError {
         match self {
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::BodyTimeout | ApiError::BodyUnreadable => "body_error",
+            ApiError::RequestTimeout => "timeout",
             ApiError::Unauthorized(AuthFailure::TooManyFailures(_)) => "auth_throttled",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::RateLimited(_) => "rate_limited",
@@ -191,6 +211,10 @@ impl IntoResponse for ApiError {
             ApiError::BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 json!({"error": "Request body was not received in time"}),
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "Request was not completed in time"}),
             ),
             ApiError::BodyUnreadable => (
                 StatusCode::BAD_REQUEST,
@@ -282,7 +306,18 @@ fn rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
     );
 }
 
-fn request_meta(parts: &axum::http::request::Parts) -> RequestMeta {
+/// The client address: the TCP peer, or the forwarded client when the peer is a
+/// trusted proxy. Requests without connection info (in-process tests) count as one
+/// unspecified source.
+fn client_address(proxies: &TrustedProxies, parts: &axum::http::request::Parts) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip());
+    proxies.client(peer, &parts.headers)
+}
+
+fn request_meta(parts: &axum::http::request::Parts, client: IpAddr) -> RequestMeta {
     let text = |name: &str| {
         parts
             .headers
@@ -293,20 +328,12 @@ fn request_meta(parts: &axum::http::request::Parts) -> RequestMeta {
     let request_id = text("x-request-id")
         .map(|id| id.chars().take(MAX_REQUEST_ID_LEN).collect())
         .unwrap_or_default();
-    // Behind an Ingress the peer is the proxy; the client is the first forwarded hop.
-    // Recorded as given: it is evidence for people, not an input to any decision.
-    let forwarded = text("x-forwarded-for").and_then(|v| {
-        v.split(',')
-            .next()
-            .map(|s| s.trim().chars().take(64).collect())
-    });
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    // Forwarded headers were only believed from trusted proxies (`client_address`), so
+    // a stranger cannot choose the address recorded or the audit key it aggregates by.
+    let source_ip = (!client.is_unspecified()).then(|| client.to_string());
     RequestMeta {
         request_id,
-        source_ip: forwarded.or(peer),
+        source_ip,
         user_agent: text("user-agent").map(|ua| ua.chars().take(512).collect()),
         traceparent: text("traceparent").filter(|t| t.len() <= 55),
     }
@@ -322,8 +349,15 @@ fn unix_now() -> i64 {
 async fn ingest(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let meta = request_meta(&parts);
-    let result = handle(&state, &parts.headers, body, &meta).await;
+    let client = client_address(&state.proxies, &parts);
+    let meta = request_meta(&parts, client);
+    let deadline = Duration::from_secs(state.config.protection.request_timeout_seconds);
+    let result = tokio::time::timeout(
+        deadline,
+        handle(&state, &parts.headers, body, client, &meta),
+    )
+    .await
+    .unwrap_or(Err(ApiError::RequestTimeout));
     let (outcome, response) = match result {
         Ok((stored, decision)) => {
             let outcome = match stored {
@@ -366,6 +400,7 @@ async fn handle(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     body: Body,
+    client: IpAddr,
     meta: &RequestMeta,
 ) -> Result<(Option<Stored>, Decision), ApiError> {
     let config = &state.config;
@@ -378,18 +413,32 @@ async fn handle(
     let keys = state.keys.current();
     let claim = signature::precheck(headers, config, &keys, unix_now())
         .map_err(|failure| auth_failed(state, failure, None, meta))?;
-    if let Some(retry_after_secs) = state.failures.refused_for(claim.repo_id) {
-        // Too many bad signatures for this repository lately: refuse before reading.
-        return Err(auth_failed(
-            state,
-            AuthFailure::TooManyFailures(retry_after_secs),
-            Some(claim.repo_id),
-            meta,
-        ));
-    }
+    // Many bad signatures from this source (or everywhere) lately: never refuse, since a
+    // stranger knows the repository id as well as its CI does, but read and verify
+    // through the narrow lane, so a flood costs a constant amount of concurrent work.
+    let _lane = if state.failures.suspect(client) {
+        state.metrics.unverified_lane.inc();
+        Some(
+            state
+                .failures
+                .enter_lane()
+                .await
+                .ok_or(ApiError::Internal("verification lane closed"))?,
+        )
+    } else {
+        None
+    };
 
-    let (bytes, _permit) =
-        read_body(body, limit, declared, &state.body_budget, state.budget_wait).await?;
+    let reader = BodyReader {
+        limit,
+        budget: &state.body_budget,
+        wait: state.budget_wait,
+        stall: Duration::from_millis(state.config.protection.body_stall_timeout_ms),
+        metrics: &state.metrics,
+    };
+    let (bytes, _permit) = reader
+        .read(body, state.source_budget.reservation(client))
+        .await?;
 
     let blocking = bytes.len() > BLOCKING_THRESHOLD;
     // Large bodies take a CPU slot for verification and parsing: the cores can only
@@ -417,7 +466,7 @@ async fn handle(
         }
     };
     let key_id = verified.map_err(|failure| {
-        state.failures.record_failure(claim.repo_id);
+        state.failures.record_failure(client);
         auth_failed(state, failure, Some(claim.repo_id), meta)
     })?;
     tracing::debug!(request_id = %meta.request_id, key_id, scheme = claim.scheme.name(), "signature verified");
@@ -559,64 +608,98 @@ fn budget_units(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX)
 }
 
-/// Reads the body without ever holding more than `limit` bytes of it, and only with
-/// permits from the pod-wide in-flight budget. Returns the bytes and the permit, which
-/// the caller holds until it is done with them.
-async fn read_body(
-    body: Body,
+/// How a body is read: its size limit, the pod-wide budget, and the stall timeout.
+struct BodyReader<'a> {
     limit: u64,
-    declared: Option<u64>,
-    budget: &Arc<Semaphore>,
+    budget: &'a Arc<Semaphore>,
     wait: Duration,
-) -> Result<(Bytes, OwnedSemaphorePermit), ApiError> {
-    let busy = ApiError::Unavailable {
-        message: "Too many reports in flight; retry later",
-        retry_after_secs: 5,
-    };
-    let acquire = |units: u32| {
-        let budget = Arc::clone(budget);
-        async move {
-            tokio::time::timeout(wait, budget.acquire_many_owned(units))
-                .await
-                .ok()
-                .and_then(Result::ok)
-        }
-    };
-    let mut permit = acquire(budget_units(declared.unwrap_or(0)))
-        .await
-        .ok_or(busy)?;
-    let mut held: u64 = u64::from(budget_units(declared.unwrap_or(0))) * BUDGET_UNIT;
-    let capacity = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
-    let mut buffer = BytesMut::with_capacity(capacity);
+    stall: Duration,
+    metrics: &'a Metrics,
+}
 
-    let read = async {
+/// What a read body holds until its request is done: its share of the pod-wide budget
+/// and of its source's.
+struct BodyHold {
+    _budget: Option<OwnedSemaphorePermit>,
+    _source: SourceReservation,
+}
+
+impl BodyReader<'_> {
+    /// Reads the body, reserving budget for every buffer growth *before* allocating it
+    /// (never on a declared length, which a stranger chooses), from both the pod-wide
+    /// budget and the source's share. A body that sends no byte for `stall` is answered
+    /// 408; dropping the partial buffer and the hold releases its budget at once.
+    async fn read(
+        &self,
+        body: Body,
+        mut source: SourceReservation,
+    ) -> Result<(Bytes, BodyHold), ApiError> {
+        let busy = || ApiError::Unavailable {
+            message: "Too many reports in flight; retry later",
+            retry_after_secs: 5,
+        };
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut buffer: Vec<u8> = Vec::new();
         let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ApiError::BodyUnreadable)?;
+        loop {
+            let frame = match tokio::time::timeout(self.stall, body.frame()).await {
+                Err(_) => {
+                    self.metrics.body_stalls.inc();
+                    return Err(ApiError::BodyTimeout);
+                }
+                Ok(None) => break,
+                Ok(Some(frame)) => frame.map_err(|_| ApiError::BodyUnreadable)?,
+            };
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
-            let total = buffer.len() as u64 + data.len() as u64;
+            let total = buffer.len() + data.len();
             if total > limit {
-                return Err(ApiError::PayloadTooLarge(limit));
+                return Err(ApiError::PayloadTooLarge(self.limit));
             }
-            if total > held {
-                let more = budget_units(total - held);
-                let extra = acquire(more).await.ok_or(ApiError::Unavailable {
-                    message: "Too many reports in flight; retry later",
-                    retry_after_secs: 5,
-                })?;
-                permit.merge(extra);
-                held += u64::from(more) * BUDGET_UNIT;
+            if total > buffer.capacity() {
+                // Grow geometrically (bounded by the limit) so a large body costs few
+                // copies; the reservation covers the allocation, not just the bytes.
+                let capacity = total
+                    .max(buffer.capacity().saturating_mul(2))
+                    .max(MIN_BUFFER)
+                    .min(limit.max(total));
+                let held = permit.as_ref().map_or(0, |p| p.num_permits()) as u64 * BUDGET_UNIT;
+                let units = budget_units((capacity as u64).saturating_sub(held));
+                if units > 0 {
+                    if !source.grow(u64::from(units) * BUDGET_UNIT) {
+                        self.metrics.source_share_refusals.inc();
+                        return Err(ApiError::Unavailable {
+                            message: "Too many reports in flight from this source; retry later",
+                            retry_after_secs: 5,
+                        });
+                    }
+                    let extra = tokio::time::timeout(
+                        self.wait,
+                        Arc::clone(self.budget).acquire_many_owned(units),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(busy)?;
+                    match permit.as_mut() {
+                        Some(p) => p.merge(extra),
+                        None => permit = Some(extra),
+                    }
+                }
+                buffer.reserve_exact(capacity - buffer.len());
             }
             buffer.extend_from_slice(&data);
         }
-        Ok(())
-    };
-    tokio::time::timeout(BODY_READ_TIMEOUT, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout)??;
-    Ok((buffer.freeze(), permit))
+        Ok((
+            Bytes::from(buffer),
+            BodyHold {
+                _budget: permit,
+                _source: source,
+            },
+        ))
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -652,6 +735,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "keys": keys,
         "outboxBacklog": state.delivery.backlog_rows.load(Ordering::Relaxed),
         "outboxOldestAgeSeconds": state.delivery.oldest_age_secs.load(Ordering::Relaxed),
+        "outboxParked": state.delivery.parked_rows.load(Ordering::Relaxed),
     });
     (status, axum::Json(body)).into_response()
 }

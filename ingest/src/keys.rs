@@ -18,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 /// Prefix of a Standard Webhooks secret; the rest is the base64 key.
 const WHSEC_PREFIX: &str = "whsec_";
 
+/// Shortest key accepted, in bytes (128 bits): HMAC-SHA256 is only as strong as its key,
+/// and the Standard Webhooks spec mints 24 to 64 bytes. Applies to the decoded part of a
+/// `whsec_` secret and to a plain secret as the legacy clients use it.
+pub const MIN_KEY_BYTES: usize = 16;
+
 /// One verification key.
 #[derive(Clone)]
 pub struct Key {
@@ -40,7 +45,32 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// Why a key file was not loaded. Never carries key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WeakKey {
+    #[error("the part after `whsec_` is not valid base64")]
+    NotBase64,
+    #[error("key is {0} bytes; at least {MIN_KEY_BYTES} are required")]
+    TooShort(usize),
+}
+
 impl Key {
+    /// Checks the key material is long enough to be a key at all.
+    pub fn check_strength(secret: &str) -> Result<(), WeakKey> {
+        let secret = secret.trim();
+        let len = match secret.strip_prefix(WHSEC_PREFIX) {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| WeakKey::NotBase64)?
+                .len(),
+            None => secret.len(),
+        };
+        if len < MIN_KEY_BYTES {
+            return Err(WeakKey::TooShort(len));
+        }
+        Ok(())
+    }
+
     /// Builds a key from a secret string, as found in a key file.
     pub fn from_secret(id: impl Into<String>, secret: &str) -> Self {
         let secret = secret.trim();
@@ -123,12 +153,13 @@ fn read_dir_contents(dir: &Path) -> Result<BTreeMap<String, String>, KeysError> 
 fn key_set_from(files: &BTreeMap<String, String>) -> KeySet {
     let keys = files
         .iter()
-        .filter(|(id, secret)| {
-            let empty = secret.trim().is_empty();
-            if empty {
-                tracing::warn!(key_id = %id, "skipping empty key file");
+        .filter(|(id, secret)| match Key::check_strength(secret) {
+            Ok(()) => true,
+            Err(reason) => {
+                // The id only: the material, even a short one, never reaches a log.
+                tracing::error!(key_id = %id, %reason, "refusing unusable HMAC key");
+                false
             }
-            !empty
         })
         .map(|(id, secret)| Key::from_secret(id.clone(), secret))
         .collect();
@@ -153,6 +184,9 @@ impl KeyStore {
     pub fn load(dir: &Path) -> Result<Self, KeysError> {
         let files = read_dir_contents(dir)?;
         let set = key_set_from(&files);
+        if set.is_empty() {
+            tracing::error!("no usable HMAC key; the pod stays not ready until one is mounted");
+        }
         tracing::info!(key_ids = ?set.ids(), "loaded HMAC keys");
         Ok(Self::fixed(set))
     }
@@ -237,7 +271,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keys-{}", uuid::Uuid::new_v4()));
         let data = dir.join("..2026_11_28_data");
         std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("k1"), "one").unwrap();
+        std::fs::write(data.join("k1"), "one-long-enough-secret").unwrap();
         std::fs::write(data.join("k2"), "  \n").unwrap();
         std::os::unix::fs::symlink("..2026_11_28_data", dir.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/k1", dir.join("k1")).unwrap();
@@ -247,15 +281,34 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn short_and_malformed_keys_are_refused_at_load() {
+        assert_eq!(Key::check_strength("whsec_"), Err(WeakKey::TooShort(0)));
+        assert_eq!(
+            Key::check_strength("whsec_c2hvcnQ="),
+            Err(WeakKey::TooShort(5))
+        );
+        assert_eq!(Key::check_strength("whsec_!!!"), Err(WeakKey::NotBase64));
+        assert_eq!(Key::check_strength("short"), Err(WeakKey::TooShort(5)));
+        assert!(Key::check_strength("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        let dir = std::env::temp_dir().join(format!("keys-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("empty"), "whsec_").unwrap();
+        std::fs::write(dir.join("good"), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let store = KeyStore::load(&dir).unwrap();
+        assert_eq!(store.current().ids(), vec!["good"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn watch_picks_up_a_rotation_without_restart() {
         let dir = std::env::temp_dir().join(format!("keys-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("k1"), "one").unwrap();
+        std::fs::write(dir.join("k1"), "one-long-enough-secret").unwrap();
         let store = KeyStore::load(&dir).unwrap();
         let shutdown = CancellationToken::new();
         let task = store.watch(dir.clone(), Duration::from_millis(20), shutdown.clone());
-        std::fs::write(dir.join("k2"), "two").unwrap();
+        std::fs::write(dir.join("k2"), "two-long-enough-secret").unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while store.current().ids() != vec!["k1", "k2"] {
             assert!(tokio::time::Instant::now() < deadline, "rotation not seen");

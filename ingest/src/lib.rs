@@ -10,9 +10,11 @@ pub mod cli;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod protect;
 pub mod ratelimit;
 pub mod relay;
 pub mod report;
+pub mod server;
 pub mod signature;
 pub mod store;
 

@@ -39,6 +39,15 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub outbox_cleaned: Counter,
+    pub unverified_lane: Counter,
+    pub body_stalls: Counter,
+    pub source_share_refusals: Counter,
+    pub audit_folded: Counter,
+    pub connections_open: Gauge,
+    pub connections_closed_idle: Counter,
+    pub outbox_parked: Gauge,
+    pub outbox_parked_rows: Counter,
+    pub outbox_confirm_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +119,52 @@ impl Metrics {
             "Sent outbox rows deleted by retention",
             outbox_cleaned.clone(),
         );
+        let unverified_lane = Counter::default();
+        registry.register("unverified_lane", "Requests verified through the narrow lane because their source (or the endpoint) had many failed signatures", unverified_lane.clone());
+        let body_stalls = Counter::default();
+        registry.register(
+            "body_stalls",
+            "Request bodies given up on after sending no byte for the stall timeout (408)",
+            body_stalls.clone(),
+        );
+        let source_share_refusals = Counter::default();
+        registry.register(
+            "source_share_refusals",
+            "Requests refused because their source held its share of the in-flight budget",
+            source_share_refusals.clone(),
+        );
+        let audit_folded = Counter::default();
+        registry.register("audit_folded", "Unauthenticated or rate-limited events folded into one audit row per reason, past the per-flush row bound", audit_folded.clone());
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_closed_idle = Counter::default();
+        registry.register(
+            "connections_closed_idle",
+            "Connections closed for idling or for not sending a request head in time",
+            connections_closed_idle.clone(),
+        );
+        let outbox_parked = Gauge::default();
+        registry.register(
+            "outbox_parked",
+            "Outbox rows parked after too many failed attempts (need a re-queue)",
+            outbox_parked.clone(),
+        );
+        let outbox_parked_rows = Counter::default();
+        registry.register(
+            "outbox_parked_rows",
+            "Outbox rows this relay parked",
+            outbox_parked_rows.clone(),
+        );
+        let outbox_confirm_timeouts = Counter::default();
+        registry.register(
+            "outbox_confirm_timeouts",
+            "Publishes the broker did not confirm within the confirm timeout",
+            outbox_confirm_timeouts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +177,15 @@ impl Metrics {
             outbox_backlog,
             outbox_oldest_age_seconds,
             outbox_cleaned,
+            unverified_lane,
+            body_stalls,
+            source_share_refusals,
+            audit_folded,
+            connections_open,
+            connections_closed_idle,
+            outbox_parked,
+            outbox_parked_rows,
+            outbox_confirm_timeouts,
         }
     }
 

@@ -118,60 +118,6 @@ impl RateLimiter {
     }
 }
 
-/// Failed signature checks allowed per repository per minute (with this burst) before
-/// that repository's requests are refused *before their body is read*. A client that
-/// knows a repository id but not its key could otherwise make the service read up to
-/// 50 MiB and compute HMACs over it on every request. Legitimate clients almost never
-/// fail verification; a rotation's grace period keeps old keys valid.
-pub const FAILED_VERIFICATIONS_PER_MINUTE: u32 = 30;
-
-/// Refuses, cheaply, the requests of a repository whose signature checks keep failing.
-pub struct FailureGuard {
-    clock: DefaultClock,
-    failures: governor::DefaultKeyedRateLimiter<Uuid>,
-    /// Repositories refused until the given instant. Bounded: only configured
-    /// repositories reach the guard.
-    blocked: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
-}
-
-impl Default for FailureGuard {
-    fn default() -> Self {
-        let per_minute =
-            NonZeroU32::new(FAILED_VERIFICATIONS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
-        Self {
-            clock: DefaultClock::default(),
-            failures: governor::RateLimiter::keyed(Quota::per_minute(per_minute)),
-            blocked: std::sync::Mutex::default(),
-        }
-    }
-}
-
-impl FailureGuard {
-    /// Seconds until `repo_id` may try again, if it is currently refused.
-    pub fn refused_for(&self, repo_id: Uuid) -> Option<u64> {
-        let blocked = match self.blocked.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let until = *blocked.get(&repo_id)?;
-        let now = std::time::Instant::now();
-        (until > now).then(|| (until - now).as_secs_f64().ceil().max(1.0) as u64)
-    }
-
-    /// Counts one failed verification; past the allowance the repository is refused
-    /// until the bucket has room again.
-    pub fn record_failure(&self, repo_id: Uuid) {
-        if let Err(not_until) = self.failures.check_key(&repo_id) {
-            let wait = not_until.wait_time_from(self.clock.now());
-            let mut blocked = match self.blocked.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            blocked.insert(repo_id, std::time::Instant::now() + wait);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,26 +147,6 @@ mod tests {
         assert_eq!(denied.retry_after_secs, 1);
         // Another repository has its own bucket.
         assert!(rl.check(Uuid::new_v4()).allowed);
-    }
-
-    #[test]
-    fn repeated_verification_failures_refuse_the_repository_for_a_while() {
-        let guard = FailureGuard::default();
-        let repo = Uuid::new_v4();
-        for _ in 0..FAILED_VERIFICATIONS_PER_MINUTE {
-            guard.record_failure(repo);
-            assert_eq!(guard.refused_for(repo), None);
-        }
-        guard.record_failure(repo);
-        let wait = guard
-            .refused_for(repo)
-            .expect("refused after the allowance");
-        assert!((1..=2).contains(&wait), "{wait}");
-        assert_eq!(
-            guard.refused_for(Uuid::new_v4()),
-            None,
-            "other repositories unaffected"
-        );
     }
 
     #[test]

@@ -11,6 +11,15 @@
 //!   `next_attempt_at` with exponential backoff. A lost connection aborts the batch and
 //!   reconnects with backoff; the rows stay unsent and are published again later, so
 //!   delivery is at-least-once (consumers dedupe by `message_id`).
+//! - Each row fails on its own. When a batch loses its *channel* (the broker closes it
+//!   for one message: an exchange that is gone, a message over its size limit) or a
+//!   confirm does not come within `outbox.confirmTimeoutSeconds`, the batch is
+//!   republished one row at a time on fresh channels, so the row at fault is found and
+//!   charged an attempt while the others are delivered. After `outbox.maxAttempts`
+//!   failed attempts a row is *parked*: `next_attempt_at = 'infinity'`, `last_error`
+//!   starting with `parked:`. Parked rows are not retried, not counted as backlog, and
+//!   shown in metrics and `/readyz`; `anchorpipe-ingest outbox parked|requeue` lists
+//!   and re-queues them. Parking needs only the column updates the runtime role has.
 //! - The ingest handler wakes its own relay in-process right after each commit, so a
 //!   report is published promptly; relays also poll, which covers rows accepted by
 //!   other replicas and a restarted pod's leftovers. (A database NOTIFY per row was
@@ -75,6 +84,8 @@ impl Default for RelaySettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    #[error("the broker did not confirm in time")]
+    ConfirmTimeout,
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("topology: {0}")]
@@ -108,6 +119,8 @@ pub struct Relay {
     pool: PgPool,
     tenant: String,
     topology: BrokerTopology,
+    confirm_timeout: Duration,
+    max_attempts: i32,
     amqp_url: String,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
@@ -151,6 +164,8 @@ impl Relay {
             pool,
             tenant: config.tenant.clone(),
             topology: config.broker.clone(),
+            confirm_timeout: Duration::from_secs(config.outbox.confirm_timeout_seconds),
+            max_attempts: i32::try_from(config.outbox.max_attempts).unwrap_or(i32::MAX),
             amqp_url,
             settings,
             metrics,
@@ -180,10 +195,7 @@ impl Relay {
             .store(missing, Ordering::Relaxed);
         checked?;
         let _ = probe.close(200, "topology checked".into()).await;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = confirm_channel(&connection).await?;
         Ok((connection, channel))
     }
 
@@ -196,7 +208,7 @@ impl Relay {
                     tracing::info!(tenant = %self.tenant, "relay connected to the broker");
                     self.set_broker_up(true);
                     backoff = self.reconnect_backoff();
-                    let result = self.serve(&channel, &shutdown).await;
+                    let result = self.serve(&connection, channel, &shutdown).await;
                     self.set_broker_up(false);
                     let _ = connection.close(200, "relay stopping".into()).await;
                     match result {
@@ -231,13 +243,14 @@ impl Relay {
     /// Drains while connected. Returns `Ok` only on shutdown.
     async fn serve(
         &self,
-        channel: &Channel,
+        connection: &Connection,
+        mut channel: Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         loop {
             // Drain everything due before waiting.
             loop {
-                let outcome = self.publish_batch(channel).await?;
+                let outcome = self.publish_batch(connection, &mut channel).await?;
                 if outcome.confirmed + outcome.refused < self.settings.batch_size as usize {
                     break;
                 }
@@ -251,8 +264,14 @@ impl Relay {
     }
 
     /// Claims up to one batch of due rows, publishes them all, awaits the confirms and
-    /// records the outcome, in one transaction.
-    pub async fn publish_batch(&self, channel: &Channel) -> Result<BatchOutcome, RelayError> {
+    /// records the outcome, in one transaction. When the channel is lost or a confirm
+    /// times out while the connection is still up, the batch is republished one row at
+    /// a time ([`Self::isolate`]) so only the row at fault is charged.
+    pub async fn publish_batch(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+    ) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, ingestion_id, exchange, routing_key, message::text AS message, request_id,
@@ -272,45 +291,28 @@ impl Relay {
             return Ok(BatchOutcome::default());
         }
 
-        // Publish everything first (pipelined), then await the confirms together.
-        let mut pending = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(row.exchange.as_str()),
-                    ShortString::from(row.routing_key.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    row.message.as_bytes(),
-                    properties(row, &self.tenant),
-                )
-                .await;
-            match confirm {
-                Ok(confirm) => pending.push(confirm),
-                Err(error) => {
-                    self.metrics.publish_errors.inc();
-                    // Nothing is marked: the transaction is dropped and the rows stay due.
-                    return Err(error.into());
-                }
+        let results = match self.publish_pipelined(channel, &rows).await {
+            Ok(results) => results,
+            Err(error) if connection.status().connected() => {
+                // The channel died (or a confirm hung) with the connection fine: one
+                // message is at fault. Find it instead of retrying the whole batch forever.
+                tracing::warn!(tenant = %self.tenant, %error, rows = rows.len(),
+                    "batch failed on its channel; publishing its rows one at a time");
+                self.isolate(connection, channel, &rows).await?
             }
-        }
-        let confirmations = join_all(pending).await;
+            Err(error) => {
+                self.metrics.publish_errors.inc();
+                // Nothing is marked: the transaction is dropped and the rows stay due.
+                return Err(error);
+            }
+        };
 
         let mut sent = Vec::new();
-        let mut refused: Vec<(i64, i32)> = Vec::new();
-        for (row, confirmation) in rows.iter().zip(confirmations) {
-            match confirmation {
-                Ok(Confirmation::Ack(None)) => sent.push(row.id),
-                Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_)) => {
-                    refused.push((row.id, row.attempts));
-                }
-                Ok(Confirmation::NotRequested) => refused.push((row.id, row.attempts)),
-                Err(error) => {
-                    self.metrics.publish_errors.inc();
-                    return Err(error.into());
-                }
+        let mut failed: Vec<(&OutboxRow, &'static str)> = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => sent.push(row.id),
+                Err(reason) => failed.push((row, reason)),
             }
         }
         if !sent.is_empty() {
@@ -319,29 +321,125 @@ impl Relay {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (id, attempts) in &refused {
-            let delay = self.retry_delay(*attempts);
+        let mut parked = 0u64;
+        for (row, reason) in &failed {
+            let delay = self.retry_delay(row.attempts);
+            let will_park = row.attempts.saturating_add(1) >= self.max_attempts;
+            parked += u64::from(will_park);
             sqlx::query(
                 "UPDATE outbox SET attempts = attempts + 1,
-                        next_attempt_at = now() + make_interval(secs => $2),
-                        last_error = 'refused by the broker (nack or unroutable)'
+                        next_attempt_at = CASE WHEN $3 THEN 'infinity'::timestamptz
+                                               ELSE now() + make_interval(secs => $2) END,
+                        last_error = CASE WHEN $3 THEN 'parked: ' || $4 ELSE $4 END
                  WHERE id = $1",
             )
-            .bind(id)
+            .bind(row.id)
             .bind(delay.as_secs_f64())
+            .bind(will_park)
+            .bind(*reason)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         self.metrics.published.inc_by(sent.len() as u64);
-        self.metrics.publish_nacks.inc_by(refused.len() as u64);
-        if !refused.is_empty() {
-            tracing::warn!(tenant = %self.tenant, refused = refused.len(), "broker refused messages; will retry");
+        self.metrics.publish_nacks.inc_by(failed.len() as u64);
+        self.metrics.outbox_parked_rows.inc_by(parked);
+        if !failed.is_empty() {
+            tracing::warn!(tenant = %self.tenant, failed = failed.len(), parked,
+                "broker did not take some messages; they retry with backoff or are parked");
         }
         Ok(BatchOutcome {
             confirmed: sent.len(),
-            refused: refused.len(),
+            refused: failed.len(),
         })
+    }
+
+    fn publish_one<'a>(
+        &'a self,
+        channel: &'a Channel,
+        row: &'a OutboxRow,
+    ) -> impl Future<Output = Result<lapin::PublisherConfirm, lapin::Error>> + 'a {
+        channel.basic_publish(
+            ShortString::from(row.exchange.as_str()),
+            ShortString::from(row.routing_key.as_str()),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            row.message.as_bytes(),
+            properties(row, &self.tenant),
+        )
+    }
+
+    /// Publishes every row, then awaits all confirms (bounded by the confirm timeout).
+    /// `Err` when the channel failed or the confirms did not all come in time.
+    async fn publish_pipelined(
+        &self,
+        channel: &Channel,
+        rows: &[OutboxRow],
+    ) -> Result<Vec<Result<(), &'static str>>, RelayError> {
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in rows {
+            pending.push(self.publish_one(channel, row).await?);
+        }
+        let confirmations = tokio::time::timeout(self.confirm_timeout, join_all(pending))
+            .await
+            .map_err(|_| {
+                self.metrics.outbox_confirm_timeouts.inc();
+                RelayError::ConfirmTimeout
+            })?;
+        confirmations
+            .into_iter()
+            .map(|c| Ok(confirmed(c?)))
+            .collect()
+    }
+
+    /// Publishes `rows` one at a time, each on a working channel, each confirm bounded
+    /// by the confirm timeout. A row whose publish closes the channel or times out is
+    /// failed on its own and the channel replaced. `Err` only if the connection is lost.
+    async fn isolate(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+        rows: &[OutboxRow],
+    ) -> Result<Vec<Result<(), &'static str>>, RelayError> {
+        let mut results = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !channel.status().connected() {
+                *channel = confirm_channel(connection).await?;
+            }
+            let attempt = async {
+                let confirm = self.publish_one(channel, row).await?;
+                confirm.await
+            };
+            let result = match tokio::time::timeout(self.confirm_timeout, attempt).await {
+                Ok(Ok(confirmation)) => confirmed(confirmation),
+                Ok(Err(error)) if connection.status().connected() => {
+                    tracing::warn!(tenant = %self.tenant, outbox_id = row.id, %error,
+                        "the broker closed the channel for this message");
+                    Err(
+                        "the broker closed the channel for this message (exchange missing or message refused)",
+                    )
+                }
+                Ok(Err(error)) => {
+                    self.metrics.publish_errors.inc();
+                    return Err(error.into());
+                }
+                Err(_) => {
+                    self.metrics.outbox_confirm_timeouts.inc();
+                    // A late confirm must not be taken for the next row's.
+                    let _ = channel.close(200, "confirm timed out".into()).await;
+                    Err("no confirm within the confirm timeout")
+                }
+            };
+            if result.is_err() && channel.status().connected() {
+                let _ = channel
+                    .close(200, "isolating a failed message".into())
+                    .await;
+            }
+            results.push(result);
+        }
+        Ok(results)
     }
 
     fn retry_delay(&self, attempts: i32) -> Duration {
@@ -351,6 +449,86 @@ impl Relay {
             .saturating_mul(factor)
             .min(self.settings.retry_max)
     }
+}
+
+/// Opens a channel in confirm mode.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// A confirm's meaning for its row.
+fn confirmed(confirmation: Confirmation) -> Result<(), &'static str> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err("unroutable: no queue bound for the routing key"),
+        Confirmation::Nack(_) => Err("refused by the broker (nack)"),
+        Confirmation::NotRequested => Err("channel not in confirm mode"),
+    }
+}
+
+/// Unsent rows that are still due some day (parked rows excluded) and the age of the
+/// oldest, for backpressure; and the number of parked rows.
+pub async fn outbox_figures(pool: &PgPool, tenant: &str) -> Result<(i64, f64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE next_attempt_at <> 'infinity'),
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)
+                         FILTER (WHERE next_attempt_at <> 'infinity'))::float8, 0),
+                count(*) FILTER (WHERE next_attempt_at = 'infinity')
+         FROM outbox WHERE tenant = $1 AND sent_at IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+}
+
+/// A parked outbox row, as listed by `anchorpipe-ingest outbox parked`.
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedRow {
+    pub id: i64,
+    pub ingestion_id: Uuid,
+    pub exchange: String,
+    pub routing_key: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The tenant's parked rows, oldest first.
+pub async fn parked_rows(pool: &PgPool, tenant: &str) -> Result<Vec<ParkedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, ingestion_id, exchange, routing_key, attempts, last_error, created_at
+         FROM outbox
+         WHERE tenant = $1 AND sent_at IS NULL AND next_attempt_at = 'infinity'
+         ORDER BY id",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+}
+
+/// Makes parked rows due again with a fresh attempt count: all of the tenant's, or
+/// only `ids`. Returns how many were re-queued.
+pub async fn requeue_parked(
+    pool: &PgPool,
+    tenant: &str,
+    ids: Option<&[i64]>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET attempts = 0, next_attempt_at = now(),
+                last_error = 'requeued after: ' || COALESCE(last_error, '')
+         WHERE tenant = $1 AND sent_at IS NULL AND next_attempt_at = 'infinity'
+           AND ($2::bigint[] IS NULL OR id = ANY($2))",
+    )
+    .bind(tenant)
+    .bind(ids)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Refreshes the backlog figures until shutdown.
@@ -368,8 +546,13 @@ pub async fn monitor_backlog(
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        match crate::store::outbox_backlog(&pool, &tenant).await {
-            Ok((rows, age)) => {
+        match outbox_figures(&pool, &tenant).await {
+            Ok((rows, age, parked)) => {
+                let parked = u64::try_from(parked).unwrap_or_default();
+                delivery.parked_rows.store(parked, Ordering::Relaxed);
+                metrics
+                    .outbox_parked
+                    .set(i64::try_from(parked).unwrap_or(i64::MAX));
                 let rows = u64::try_from(rows).unwrap_or_default();
                 delivery.backlog_rows.store(rows, Ordering::Relaxed);
                 delivery

@@ -21,5 +21,6 @@ pub fn config() -> IngestConfig {
         limits: Default::default(),
         broker: BrokerTopology::for_tenant("test"),
         outbox: Default::default(),
+        protection: Default::default(),
     }
 }

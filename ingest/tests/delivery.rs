@@ -442,7 +442,7 @@ async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
         state.metrics.clone(),
         state.delivery.clone(),
     );
-    let (connection, channel) = channel().await;
+    let (connection, mut channel) = channel().await;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
@@ -450,7 +450,10 @@ async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
     let started = Instant::now();
     let mut confirmed = 0;
     loop {
-        let outcome = relay.publish_batch(&channel).await.unwrap();
+        let outcome = relay
+            .publish_batch(&connection, &mut channel)
+            .await
+            .unwrap();
         confirmed += outcome.confirmed;
         assert_eq!(outcome.refused, 0);
         if outcome.confirmed == 0 {
