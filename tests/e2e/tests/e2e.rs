@@ -161,7 +161,13 @@ async fn apply_creates_owned_objects_and_ready_status() {
         .collect();
     assert_eq!(
         &row[..5],
-        [name, "True", ns.tenant_id(&tenant).as_str(), url.as_str(), "2"],
+        [
+            name,
+            "True",
+            ns.tenant_id(&tenant).as_str(),
+            url.as_str(),
+            "2"
+        ],
         "{}",
         out.stdout
     );
