@@ -15,31 +15,8 @@ use uuid::Uuid;
 #[error("{0}")]
 pub struct AccountError(pub String);
 
-/// The endpoint making a claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claimant {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-/// Who holds a tenant id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantClaim {
-    /// The claimant holds it (now or from before).
-    Ours,
-    /// Another endpoint does.
-    Taken(Claimant),
-}
-
-/// The outcome of claiming an endpoint's repositories.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RepositoryClaims {
-    /// Repositories the tenant owns: these go into its config.
-    pub owned: Vec<Uuid>,
-    /// Repositories another tenant owns: left out.
-    pub taken: Vec<Uuid>,
-}
+// Claims are recorded in the platform database; its types are the trait's.
+pub use crate::database::{Claimant, RepositoryClaims, TenantClaim};
 
 /// One generation of a tenant's credentials.
 #[derive(Clone, PartialEq, Eq)]

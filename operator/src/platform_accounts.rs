@@ -138,20 +138,10 @@ impl Accounts for PlatformAccounts {
         who: &'a Claimant,
     ) -> BoxFuture<'a, Result<TenantClaim, AccountError>> {
         Box::pin(async move {
-            let claimant = database::Claimant {
-                namespace: who.namespace.clone(),
-                name: who.name.clone(),
-                uid: who.uid.clone(),
-            };
-            match self.db.claim_tenant(tenant, &claimant).await {
-                Ok(database::TenantClaim::Ours) => Ok(TenantClaim::Ours),
-                Ok(database::TenantClaim::Taken(holder)) => Ok(TenantClaim::Taken(Claimant {
-                    namespace: holder.namespace,
-                    name: holder.name,
-                    uid: holder.uid,
-                })),
-                Err(e) => Err(failed("claiming the tenant", e)),
-            }
+            self.db
+                .claim_tenant(tenant, who)
+                .await
+                .map_err(|e| failed("claiming the tenant", e))
         })
     }
 
@@ -161,15 +151,10 @@ impl Accounts for PlatformAccounts {
         repositories: &'a [Uuid],
     ) -> BoxFuture<'a, Result<RepositoryClaims, AccountError>> {
         Box::pin(async move {
-            let claims = self
-                .db
+            self.db
                 .claim_repositories(tenant, repositories)
                 .await
-                .map_err(|e| failed("claiming repositories", e))?;
-            Ok(RepositoryClaims {
-                owned: claims.owned,
-                taken: claims.taken,
-            })
+                .map_err(|e| failed("claiming repositories", e))
         })
     }
 
