@@ -2,10 +2,15 @@
 //! ingestion, its audit row and its outbox row, so after commit the report is safe
 //! whatever happens to the broker or the pod, and before commit nothing of it exists.
 //!
-//! Duplicates are found by the unique constraint on `(repo_id, commit_sha, run_id,
-//! framework)` through `INSERT … ON CONFLICT DO NOTHING`: of N concurrent identical
-//! reports exactly one inserts, the others wait for its commit, see the conflict, and
-//! replay its stored response.
+//! Duplicates are found by the unique constraint on `(tenant, repo_id, commit_sha,
+//! run_id, framework)` through `INSERT … ON CONFLICT DO NOTHING`: of N concurrent
+//! identical reports exactly one inserts, the others wait for its commit, see the
+//! conflict, and replay its stored response. The tenant is part of the key, so a report
+//! is only ever a duplicate of its own tenant's report.
+//!
+//! In a cluster these statements run as the tenant's minted login, under the row-level
+//! security policies of `migrations/20261129000001_tenants.sql`: an ingestion is refused
+//! for a repository the tenant does not own.
 
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgPool};
@@ -169,8 +174,10 @@ pub async fn store_report(
         // statement takes a fresh snapshot under READ COMMITTED, so it sees it.
         let (id, mut original): (Uuid, Value) = sqlx::query_as(
             "SELECT id, response FROM ingestions
-             WHERE repo_id = $1 AND commit_sha = $2 AND run_id = $3 AND framework = $4",
+             WHERE tenant = $1 AND repo_id = $2 AND commit_sha = $3 AND run_id = $4
+               AND framework = $5",
         )
+        .bind(report.tenant)
         .bind(header.repo_id)
         .bind(&header.commit_sha)
         .bind(&header.run_id)
