@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cli;
 pub mod http;
+pub mod key_usage;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
@@ -15,6 +16,7 @@ pub mod relay;
 pub mod report;
 pub mod signature;
 pub mod store;
+pub mod xml;
 
 #[cfg(test)]
 pub(crate) mod testing;

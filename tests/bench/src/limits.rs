@@ -112,6 +112,7 @@ pub async fn postgres(
                     header: &header,
                     test_count: template.tests,
                     body: text,
+                    original: None,
                     topology: &topology,
                 };
                 let meta = RequestMeta {
