@@ -3,9 +3,14 @@
 //! ([`crate::broker_users`]). This is where the platform's admin credentials are used;
 //! the URLs handed to tenants carry only the tenant's minted credentials.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::accounts::{
@@ -18,6 +23,9 @@ use crate::database::{self, TenantDb};
 /// Claims and credentials on the platform database and broker.
 pub struct PlatformAccounts {
     db: TenantDb,
+    /// Reads the `key_usage` table as the owner (one lazy connection: a query per
+    /// reconcile of an endpoint with minted keys).
+    usage: PgPool,
     users: Arc<dyn BrokerUsers>,
     /// The owner's URL: tenant URLs reuse its host, port, database and parameters.
     database_url: String,
@@ -38,8 +46,14 @@ impl PlatformAccounts {
         amqp_url: String,
     ) -> Result<Self, AccountError> {
         let vhost = broker_users::vhost_of(&amqp_url).map_err(|e| failed("broker URL", e))?;
+        let usage = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(USAGE_ACQUIRE_TIMEOUT)
+            .connect_lazy(&database_url)
+            .map_err(|_| AccountError("database URL: does not parse".to_owned()))?;
         Ok(Self {
             db,
+            usage,
             users,
             database_url,
             amqp_url,
@@ -116,6 +130,9 @@ impl PlatformAccounts {
         Ok(())
     }
 }
+
+/// A reconcile must not hang on an unreachable database for the key usage it reads.
+const USAGE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Hex digits of a credential set id.
 const CREDENTIAL_ID_LEN: usize = 8;
@@ -235,6 +252,17 @@ impl Accounts for PlatformAccounts {
                 .await
                 .map_err(|e| failed("releasing the tenant", e))?;
             self.revoke_broker_users_except(tenant, &[]).await
+        })
+    }
+
+    fn key_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Timestamp>, AccountError>> {
+        Box::pin(async move {
+            crate::key_usage::last_verified(&self.usage, tenant)
+                .await
+                .map_err(|e| failed("reading key usage", e))
         })
     }
 
