@@ -637,7 +637,8 @@ mod tests {
     #[test]
     fn broker_names_of_another_tenant_are_refused() {
         // Tenant a's names, named from namespace b.
-        let cases: Vec<(&str, Box<dyn Fn(&mut IngestionEndpointSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut IngestionEndpointSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "queue.name",
                 Box::new(|s| s.queue.name = Some("anchorpipe.a.ci.reports".into())),

@@ -367,7 +367,10 @@ async fn create_builds_every_object_and_becomes_ready() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(h.accounts.live_credentials(TENANT), [id.clone()]);
+    assert_eq!(
+        h.accounts.live_credentials(TENANT),
+        std::slice::from_ref(&id)
+    );
     let grant = h.accounts.state.lock().unwrap().grants[&id].clone();
     assert_eq!(grant.routing_key, "tenant.tenants.acme.test-run");
     let template = &h.get(DEPLOYMENT).unwrap()["spec"]["template"];
@@ -1076,7 +1079,7 @@ async fn deletion_revokes_credentials_and_releases_claims() {
     let state = h.accounts.state.lock().unwrap();
     assert!(state.tenants.is_empty());
     assert!(state.repositories.is_empty());
-    assert!(state.credentials.get(TENANT).is_none());
+    assert!(!state.credentials.contains_key(TENANT));
 }
 
 #[tokio::test]
