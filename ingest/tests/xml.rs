@@ -367,3 +367,102 @@ async fn the_key_id_that_verified_is_recorded_once_per_interval(pool: PgPool) {
     let (status, _) = send(&app, request).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Both writes this feature adds run, in a cluster, as the tenant's minted login under
+/// row-level security: storing the XML beside the report, and upserting key usage
+/// (whose update path needs its own grant and policy). The login is made here by hand,
+/// as the operator's database module does.
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn a_tenant_login_stores_xml_and_records_key_usage_under_row_level_security(pool: PgPool) {
+    let config = tenant_config();
+    let repo = config.repositories[0];
+    let login = format!("ap_xmltest_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let password = Uuid::new_v4().simple().to_string();
+    // Both names are generated hex above: nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {login} LOGIN PASSWORD '{password}' IN ROLE anchorpipe_tenant"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (sql, bind) in [
+        (
+            "INSERT INTO tenants (tenant, endpoint_namespace, endpoint_name, endpoint_uid)
+             VALUES ($1, 'ns', 'ep', 'uid')",
+            None,
+        ),
+        (
+            "INSERT INTO tenant_logins (login, tenant) VALUES ($2, $1)",
+            Some(login.as_str()),
+        ),
+    ] {
+        let mut query = sqlx::query(sql).bind(&config.tenant);
+        if let Some(bind) = bind {
+            query = query.bind(bind);
+        }
+        query.execute(&pool).await.unwrap();
+    }
+    sqlx::query("INSERT INTO repository_owners (repo_id, tenant) VALUES ($1, $2)")
+        .bind(repo)
+        .bind(&config.tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let options = (*pool.connect_options())
+        .clone()
+        .username(&login)
+        .password(&password);
+    let tenant_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+
+    let app = router(&state(tenant_pool.clone(), config.clone()));
+    let signature = sign_legacy(SECRET, PYTEST_XML.as_bytes());
+    let (status, json) = send(
+        &app,
+        xml_request(repo, &query("as-tenant"), PYTEST_XML, &signature),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let original: String = sqlx::query_scalar("SELECT original_body FROM ingestions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(original, PYTEST_XML);
+
+    // Insert, then the ON CONFLICT update path; another tenant's row is refused.
+    anchorpipe_ingest::key_usage::write(&tenant_pool, &config.tenant, "k9")
+        .await
+        .unwrap();
+    anchorpipe_ingest::key_usage::write(&tenant_pool, &config.tenant, "k9")
+        .await
+        .unwrap();
+    assert!(
+        anchorpipe_ingest::key_usage::write(&tenant_pool, "other.tenant", "k9")
+            .await
+            .is_err(),
+        "row-level security refuses another tenant's usage"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT key_id FROM key_usage WHERE tenant = $1 ORDER BY key_id")
+                .bind(&config.tenant)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        if ids == ["k1", "k9"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tenant_pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {login}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
