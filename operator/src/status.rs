@@ -63,9 +63,9 @@ pub fn key_expiring_message(expiring: &crate::keys::Expiring, current: &str) -> 
 /// A duration as the spec writes it: `72h`, `90m`, `45s`.
 fn duration_text(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 {
+    if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
