@@ -60,6 +60,18 @@ pub fn key_expiring_message(expiring: &crate::keys::Expiring, current: &str) -> 
     }
 }
 
+/// A duration as the spec writes it: `72h`, `90m`, `45s`.
+fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// The `KeyExpiring` condition: True while a key in use is about to stop verifying.
 pub fn key_expiring(
     expiry: &KeyExpiry,
@@ -77,8 +89,8 @@ pub fn key_expiring(
             "False",
             "NoKeyInUseExpiring",
             format!(
-                "no key that verified a report lately stops verifying within {}h",
-                warning.as_secs() / 3600
+                "no key that verified a report lately stops verifying within {}",
+                duration_text(*warning)
             ),
         ),
         KeyExpiry::Unknown(error) => (
@@ -432,5 +444,52 @@ mod tests {
         );
         assert_eq!(changed[0].last_transition_time, Time(later));
         assert_eq!(changed[1].last_transition_time, Time(now()));
+    }
+
+    #[test]
+    fn key_expiring_is_true_only_for_a_key_in_use_and_unknown_without_usage() {
+        let expiring = crate::keys::Expiring {
+            key_id: "k20260301-090000-aaaaaa".to_owned(),
+            stops_at: "2026-03-01T21:00:00Z".parse().unwrap(),
+            last_verified_at: "2026-03-01T19:30:00Z".parse().unwrap(),
+            current: false,
+        };
+        let c = key_expiring(
+            &KeyExpiry::InUseExpiring {
+                expiring,
+                current: "k20260301-190000-bbbbbb".to_owned(),
+            },
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "KeyInUseExpiring")
+        );
+        assert!(
+            c.message
+                .starts_with("key k20260301-090000-aaaaaa was replaced by k20260301-190000-bbbbbb"),
+            "{}",
+            c.message
+        );
+        let c = key_expiring(
+            &KeyExpiry::NoneExpiring(Duration::from_secs(5400)),
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(c.status, "False");
+        assert!(c.message.ends_with("within 90m"), "{}", c.message);
+        let c = key_expiring(
+            &KeyExpiry::Unknown("database: timed out".into()),
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "KeyUsageUnknown")
+        );
     }
 }

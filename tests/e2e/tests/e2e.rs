@@ -259,6 +259,19 @@ async fn invalid_objects_are_refused_by_the_api_server() {
             vec!["rotationPeriod must be at least 1h"],
         ),
         (
+            "key timings with a referenced Secret",
+            json!({"repositories": [r], "hmac": {"secretRef": {"name": "keys"}, "expiryWarning": "1h"}}),
+            vec![
+                "spec.hmac",
+                "rotationPeriod, gracePeriod and expiryWarning apply to minted keys only",
+            ],
+        ),
+        (
+            "expiry warning not a duration",
+            json!({"repositories": [r], "hmac": {"expiryWarning": "3d"}}),
+            vec!["spec.hmac.expiryWarning"],
+        ),
+        (
             "repository not a UUID",
             json!({"repositories": ["not-a-uuid"]}),
             vec!["spec.repositories", "every repository must be a UUID"],
@@ -306,11 +319,15 @@ async fn invalid_objects_are_refused_by_the_api_server() {
         out.stderr
     );
 
-    // Transition rules: the tenant cannot be renamed once created.
+    // Transition rules: the tenant cannot be renamed once created. (Without a rotation
+    // period any grace period is accepted: there is no schedule to be shorter than.)
     let tenant = format!("good-{}", suffix());
-    ns.apply("good", json!({"tenant": tenant, "repositories": [r]}))
-        .await
-        .unwrap();
+    ns.apply(
+        "good",
+        json!({"tenant": tenant, "repositories": [r], "hmac": {"gracePeriod": "1000h"}}),
+    )
+    .await
+    .unwrap();
     ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&tenant)));
     let message = refusal(
         &ns,
