@@ -405,11 +405,9 @@ async fn wait_for_audit_flush(pool: &PgPool) {
 
 // ---- Table 2: a tenant's own buggy or compromised CI --------------------------------
 
-/// Row 5 (item 5, the single-pass parser, is another engineer's work): a 25 MiB signed
-/// `[0,0,…]` body must stay within 3× its size in memory. Ignored until that parser
-/// lands; run with `--ignored` to measure.
+/// Row 5 / item 5: a 25 MiB signed `[0,0,…]` body stays within 3× its size in memory
+/// (the single-pass parser builds no tree of it).
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
-#[ignore = "needs the single-pass report parser (issue 10 item 5)"]
 async fn a_25_mib_array_of_zeros_stays_within_three_times_its_size(pool: PgPool) {
     let config = tenant_config();
     let repo = config.repositories[0];

@@ -108,13 +108,17 @@ impl Tenant {
 }
 
 fn header(repo: Uuid, run_id: &str) -> ReportHeader {
-    serde_json::from_value(serde_json::json!({
-        "repo_id": repo,
-        "commit_sha": "0123456789abcdef0123456789abcdef01234567",
-        "run_id": run_id,
-        "framework": "junit",
-    }))
-    .unwrap()
+    ReportHeader {
+        repo_id: repo,
+        commit_sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        run_id: run_id.to_owned(),
+        framework: "junit".to_owned(),
+        branch: None,
+        pull_request: None,
+        environment: None,
+        metadata: None,
+        idempotency_key: None,
+    }
 }
 
 fn body(repo: Uuid, run_id: &str) -> String {
@@ -192,6 +196,7 @@ fn config_for(tenant: &Tenant, repo: Uuid) -> IngestConfig {
         },
         limits: Default::default(),
         outbox: Default::default(),
+        protection: Default::default(),
     }
 }
 
@@ -466,7 +471,7 @@ async fn the_ingest_service_works_as_a_tenant_login(pool: PgPool) {
     anchorpipe_crds::topology::declare(&setup, &config.broker)
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
+    let mut channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -479,7 +484,10 @@ async fn the_ingest_service_works_as_a_tenant_login(pool: PgPool) {
         Arc::clone(&state.metrics),
         Arc::clone(&state.delivery),
     );
-    let outcome = relay.publish_batch(&channel).await.unwrap();
+    let outcome = relay
+        .publish_batch(&connection, &mut channel)
+        .await
+        .unwrap();
     assert_eq!((outcome.confirmed, outcome.refused), (1, 0));
     let (backlog, _) = store::outbox_backlog(&a_pool, &a.name).await.unwrap();
     assert_eq!(backlog, 0);
