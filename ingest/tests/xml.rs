@@ -108,6 +108,17 @@ async fn xml_posted_directly_is_stored_and_delivered_like_json(pool: PgPool) {
         .map(|t| t["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["pass", "pass", "fail", "skip"]);
+    // The same tests the anchorpipe CLI makes of the same file.
+    let cli = anchorpipe_sender::convert_str(
+        "junit.xml",
+        PYTEST_XML,
+        &anchorpipe_sender::ConvertOptions {
+            default_started_at: chrono::Utc::now(),
+            max_tests: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(report["tests"], serde_json::to_value(&cli.tests).unwrap());
     assert!(
         report["tests"][2]["failureDetails"]
             .as_str()
