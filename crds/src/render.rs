@@ -16,7 +16,7 @@ use crate::config::{
     RateLimitConfig, SignatureConfig,
 };
 use crate::v1alpha1::{
-    DEFAULT_GRACE_PERIOD, DEFAULT_ROTATION_PERIOD, HmacSpec, IngestionEndpointSpec, LimitSpec,
+    DEFAULT_EXPIRY_WARNING, DEFAULT_GRACE_PERIOD, HmacSpec, IngestionEndpointSpec, LimitSpec,
     QueueKind,
 };
 
@@ -64,45 +64,58 @@ pub fn tenant_id(spec: &IngestionEndpointSpec, namespace: &str, object_name: &st
 /// How minted keys are rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotationPolicy {
-    /// A new key is minted when the current one is this old.
-    pub rotation_period: Duration,
+    /// A new key is minted when the current one is this old; `None`: only on demand.
+    pub rotation_period: Option<Duration>,
     /// A replaced key keeps verifying this long after its successor was minted.
     pub grace_period: Duration,
+    /// Warn this long before a key still in use stops verifying.
+    pub expiry_warning: Duration,
 }
 
 /// The rotation policy of minted keys, or `None` when the keys come from a user Secret.
 pub fn rotation_policy(hmac: &HmacSpec) -> Result<Option<RotationPolicy>, SpecError> {
     if hmac.secret_ref.is_some() {
-        if hmac.rotation_period.is_some() || hmac.grace_period.is_some() {
+        if hmac.rotation_period.is_some()
+            || hmac.grace_period.is_some()
+            || hmac.expiry_warning.is_some()
+        {
             return invalid(
                 "hmac",
-                "rotationPeriod and gracePeriod apply to minted keys only; remove them when secretRef is set",
+                "rotationPeriod, gracePeriod and expiryWarning apply to minted keys only; remove them when secretRef is set",
             );
         }
         return Ok(None);
     }
-    let rotation_period = parse_duration(
-        "hmac.rotationPeriod",
-        hmac.rotation_period
-            .as_deref()
-            .unwrap_or(DEFAULT_ROTATION_PERIOD),
-    )?;
+    let rotation_period = hmac
+        .rotation_period
+        .as_deref()
+        .map(|text| parse_duration("hmac.rotationPeriod", text))
+        .transpose()?;
     let grace_period = parse_duration(
         "hmac.gracePeriod",
         hmac.grace_period.as_deref().unwrap_or(DEFAULT_GRACE_PERIOD),
     )?;
-    if rotation_period < MIN_ROTATION_PERIOD {
-        return invalid("hmac.rotationPeriod", "must be at least 1h");
-    }
-    if grace_period >= rotation_period {
-        return invalid(
-            "hmac.gracePeriod",
-            "must be shorter than rotationPeriod, or two old keys would be valid at once",
-        );
+    let expiry_warning = parse_duration(
+        "hmac.expiryWarning",
+        hmac.expiry_warning
+            .as_deref()
+            .unwrap_or(DEFAULT_EXPIRY_WARNING),
+    )?;
+    if let Some(rotation_period) = rotation_period {
+        if rotation_period < MIN_ROTATION_PERIOD {
+            return invalid("hmac.rotationPeriod", "must be at least 1h");
+        }
+        if grace_period >= rotation_period {
+            return invalid(
+                "hmac.gracePeriod",
+                "must be shorter than rotationPeriod, or two old keys would be valid at once",
+            );
+        }
     }
     Ok(Some(RotationPolicy {
         rotation_period,
         grace_period,
+        expiry_warning,
     }))
 }
 
@@ -411,6 +424,31 @@ mod tests {
     }
 
     #[test]
+    fn a_grace_period_needs_no_rotation_period_but_must_be_shorter_than_one() {
+        // On-demand rotation only: any grace period, even a long one, is fine.
+        let on_demand = HmacSpec {
+            grace_period: Some("720h".into()),
+            ..HmacSpec::default()
+        };
+        assert_eq!(
+            rotation_policy(&on_demand)
+                .unwrap()
+                .unwrap()
+                .rotation_period,
+            None
+        );
+        let scheduled = HmacSpec {
+            rotation_period: Some("48h".into()),
+            grace_period: Some("12h".into()),
+            expiry_warning: Some("6h".into()),
+            ..HmacSpec::default()
+        };
+        let policy = rotation_policy(&scheduled).unwrap().unwrap();
+        assert_eq!(policy.rotation_period, Some(Duration::from_secs(48 * 3600)));
+        assert_eq!(policy.expiry_warning, Duration::from_secs(6 * 3600));
+    }
+
+    #[test]
     fn minimal_spec_gets_documented_defaults() {
         let spec = spec();
         assert_eq!(spec.replicas, 2);
@@ -426,8 +464,10 @@ mod tests {
             crate::v1alpha1::DeletionPolicy::Retain
         );
         let policy = rotation_policy(&spec.hmac).unwrap().unwrap();
-        assert_eq!(policy.rotation_period, Duration::from_secs(30 * 24 * 3600));
+        // No scheduled rotation unless asked for: a key in a CI secret store keeps working.
+        assert_eq!(policy.rotation_period, None);
         assert_eq!(policy.grace_period, Duration::from_secs(24 * 3600));
+        assert_eq!(policy.expiry_warning, Duration::from_secs(72 * 3600));
 
         let config = ingest_config(&spec, "ci", "acme").unwrap();
         assert_eq!(config.tenant, "ci.acme");
@@ -496,7 +536,21 @@ mod tests {
             ),
             (
                 "hmac.gracePeriod",
-                Box::new(|s| s.hmac.grace_period = Some("720h".into())),
+                Box::new(|s| {
+                    s.hmac.rotation_period = Some("720h".into());
+                    s.hmac.grace_period = Some("720h".into());
+                }),
+            ),
+            (
+                "hmac.expiryWarning",
+                Box::new(|s| s.hmac.expiry_warning = Some("3d".into())),
+            ),
+            (
+                "hmac",
+                Box::new(|s| {
+                    s.hmac.secret_ref = Some(SecretRef { name: "k".into() });
+                    s.hmac.expiry_warning = Some("1h".into());
+                }),
             ),
             (
                 "hmac.rotationPeriod",

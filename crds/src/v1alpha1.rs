@@ -13,7 +13,7 @@
 //! CEL rules cannot see an object's namespace.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,12 +34,14 @@ pub const SKIP_BROKER_CLEANUP_ANNOTATION: &str = "anchorpipe.dev/skip-broker-cle
 /// The finalizer that guards the tenant's broker queues.
 pub const FINALIZER: &str = "anchorpipe.dev/broker-topology";
 
-/// Default HMAC key rotation period (30 days).
-pub const DEFAULT_ROTATION_PERIOD: &str = "720h";
-
 /// Default time a replaced HMAC key keeps verifying (24 hours): long enough for every CI
 /// system to pick up the new secret.
 pub const DEFAULT_GRACE_PERIOD: &str = "24h";
+
+/// Default time before a key still in use stops verifying at which the endpoint warns
+/// (72 hours): a working week's CI runs notice it, and with the default grace period it
+/// starts two days before a scheduled rotation.
+pub const DEFAULT_EXPIRY_WARNING: &str = "72h";
 
 /// Lowercase DNS label: the tenant ends up in object names, queue names and routing keys.
 const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -106,6 +108,13 @@ const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9
         priority = 1
     ),
     printcolumn(
+        name = "Key Age",
+        type_ = "date",
+        json_path = ".status.currentKeyMintedAt",
+        description = "How long ago the current HMAC key was minted",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -134,8 +143,8 @@ pub struct IngestionEndpointSpec {
     #[x_kube(validation = Rule::new("self.all(r, r.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))").message("every repository must be a UUID such as 7d3c1c8e-6a4c-4b55-9d84-2f1c0f0b8f61"))]
     pub repositories: Vec<String>,
 
-    /// HMAC signing keys: minted and rotated by the operator (the default), or taken from
-    /// an existing Secret.
+    /// HMAC signing keys: minted by the operator (the default) and rotated on demand or on
+    /// a schedule you opt into, or taken from an existing Secret.
     #[serde(default)]
     pub hmac: HmacSpec,
 
@@ -208,24 +217,39 @@ fn default_replicas() -> i32 {
 /// HMAC signing keys.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[schemars(transform = unwrap_descriptions)]
-#[x_kube(validation = Rule::new("!has(self.secretRef) || (!has(self.rotationPeriod) && !has(self.gracePeriod))").message("rotationPeriod and gracePeriod apply to minted keys only; remove them when secretRef is set"))]
-#[x_kube(validation = Rule::new("duration(has(self.gracePeriod) ? self.gracePeriod : '24h') < duration(has(self.rotationPeriod) ? self.rotationPeriod : '720h')").message("gracePeriod must be shorter than rotationPeriod (defaults 24h and 720h), or two old keys would be valid at once"))]
+#[x_kube(validation = Rule::new("!has(self.secretRef) || (!has(self.rotationPeriod) && !has(self.gracePeriod) && !has(self.expiryWarning))").message("rotationPeriod, gracePeriod and expiryWarning apply to minted keys only; remove them when secretRef is set"))]
+#[x_kube(validation = Rule::new("!has(self.rotationPeriod) || duration(has(self.gracePeriod) ? self.gracePeriod : '24h') < duration(self.rotationPeriod)").message("gracePeriod must be shorter than rotationPeriod (gracePeriod defaults to 24h), or two old keys would be valid at once"))]
 #[serde(rename_all = "camelCase")]
 pub struct HmacSpec {
-    /// How often a new key is minted, as a duration such as `720h` (hours, minutes and
-    /// seconds only). Defaults to 720h (30 days). At least 1h.
+    /// Opt-in scheduled rotation: mint a new key when the current one is this old, as a
+    /// duration such as `720h` (hours, minutes and seconds only; at least 1h). Unset (the
+    /// default), keys rotate only when you ask, by setting the annotation
+    /// `anchorpipe.dev/rotate-key` to a new value, so a key stored in a CI system's
+    /// secrets keeps working until you replace it. With a period, every CI system
+    /// signing with the key must be updated within gracePeriod of each rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotationPeriod must be at least 1h"))]
     pub rotation_period: Option<String>,
 
-    /// How long the previous key keeps verifying after a new one is minted, e.g. `24h`.
-    /// Defaults to 24h. Must be shorter than rotationPeriod. `0s` revokes the previous
-    /// key at once (after a leak, say): clients still signing with it are refused until
-    /// they use the new key.
+    /// How long the previous key keeps verifying after a new one is minted (by schedule
+    /// or on demand), e.g. `24h`. Defaults to 24h. Must be shorter than rotationPeriod
+    /// when one is set. `0s` revokes the previous key at once (after a leak, say): clients
+    /// still signing with it are refused until they use the new key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub grace_period: Option<String>,
+
+    /// How long before a key that CI systems still sign with stops verifying the
+    /// endpoint warns: a Warning Event `KeyExpiring` and the condition `KeyExpiring`
+    /// set to True, naming the key and when it stops. A key counts as in use when a
+    /// report signed with it verified within this time (for a replaced key: after it was
+    /// replaced). Keys stop verifying when their grace period after a rotation ends; with
+    /// a rotationPeriod, the current key's end is known in advance (its rotation plus
+    /// gracePeriod). Defaults to 72h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub expiry_warning: Option<String>,
 
     /// Use the keys in this existing Secret instead of minting them. Every data entry is
     /// a key: its name is the key id (letters, digits, '-', '_', '.'), its value the
@@ -463,7 +487,8 @@ pub struct IngestionEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `SecretReady`, `CredentialsReady`, `RepositoriesOwned`, `QueueReady`, `Available`
-    /// and `Ready`, each with a reason and a message.
+    /// and `Ready`, each with a reason and a message; and `KeyExpiring`, True while a key
+    /// still in use is about to stop verifying (it does not affect `Ready`).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -483,6 +508,20 @@ pub struct IngestionEndpointStatus {
     /// Id of the newest key: sign new reports with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_key_id: Option<String>,
+    /// When the current key was minted (minted keys only); `kubectl get -o wide` shows
+    /// its age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_key_minted_at: Option<Time>,
+    /// When the current key is due to be replaced (only with hmac.rotationPeriod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+    /// The key replaced by the current one, while it still verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    /// When the previous key stops verifying: CI systems must sign with the current key
+    /// by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_expires_at: Option<Time>,
     /// The tenant's RabbitMQ queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,

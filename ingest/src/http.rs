@@ -5,9 +5,10 @@
 //! signature headers, webhook timestamp) → for a source with many failed signatures
 //! lately, a place in the narrow verification lane ([`crate::protect`]) → body read,
 //! reserving the pod-wide and per-source in-flight budget as bytes arrive and giving up
-//! on a stalled body → MAC verification → rate limit → backlog check → JSON parse and
-//! schema validation → one storing transaction. The whole pipeline runs under the
-//! request deadline.
+//! on a stalled body → MAC verification → rate limit → backlog check → (a JUnit XML
+//! body: converted to the JSON report, see [`crate::xml`]) → JSON parse and schema
+//! validation → one storing transaction. The whole pipeline runs under the request
+//! deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -35,7 +36,8 @@ use crate::protect::{FailureGuard, SourceBudget, SourceReservation, TrustedProxi
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::report::{Detail, Rejection, ReportValidator};
 use crate::signature::{self, AuthFailure};
-use crate::store::{self, NewReport, RequestMeta, Stored};
+use crate::store::{self, NewReport, Original, RequestMeta, Stored};
+use crate::xml::{self, XmlError};
 use anchorpipe_crds::config::IngestConfig;
 
 /// Bodies are accounted in KiB units against the in-flight budget.
@@ -99,6 +101,8 @@ pub struct AppState {
     pub audit: Arc<Aggregator>,
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<DeliveryHealth>,
+    /// Which key ids verified lately, for the operator's expiry warning.
+    pub key_usage: crate::key_usage::KeyUsage,
     body_budget: Arc<Semaphore>,
     /// Large bodies verified and parsed at once (one per core).
     cpu_slots: Arc<Semaphore>,
@@ -128,6 +132,7 @@ impl AppState {
             proxies: TrustedProxies::new(&config.protection.trusted_proxies),
             source_budget: SourceBudget::new(config.protection.per_source_bytes(&config.limits)),
             validator: ReportValidator::new(config.limits.max_tests),
+            key_usage: crate::key_usage::KeyUsage::new(config.tenant.clone(), pool.clone()),
             config: Arc::new(config),
             keys,
             pool,
@@ -175,6 +180,8 @@ pub enum ApiError {
     RateLimited(Decision),
     InvalidJson,
     InvalidPayload(Vec<Detail>),
+    /// A JUnit XML body that is not well-formed UTF-8 JUnit XML, or lacks report fields.
+    InvalidXml(XmlError),
     RepositoryMismatch,
     /// Cannot take the report right now (database, memory budget, backlog); retry.
     Unavailable {
@@ -193,7 +200,9 @@ impl ApiError {
             ApiError::Unauthorized(AuthFailure::TooManyFailures(_)) => "auth_throttled",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::RateLimited(_) => "rate_limited",
-            ApiError::InvalidJson | ApiError::InvalidPayload(_) => "invalid",
+            ApiError::InvalidJson | ApiError::InvalidPayload(_) | ApiError::InvalidXml(_) => {
+                "invalid"
+            }
             ApiError::RepositoryMismatch => "forbidden",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "error",
@@ -245,6 +254,21 @@ impl IntoResponse for ApiError {
             ApiError::InvalidPayload(details) => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "Invalid payload", "details": details}),
+            ),
+            ApiError::InvalidXml(XmlError::Fields(details)) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Missing or invalid report fields for a JUnit XML body", "details": details}),
+            ),
+            ApiError::InvalidXml(XmlError::Invalid { message, line }) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("Invalid XML payload: {message}"), "line": line}),
+            ),
+            ApiError::InvalidXml(XmlError::TooManyTests(limit)) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Invalid payload", "details": [{
+                    "path": "tests",
+                    "message": format!("more than {limit} tests; split the report (the anchorpipe CLI does)")
+                }]}),
             ),
             ApiError::RepositoryMismatch => (
                 StatusCode::FORBIDDEN,
@@ -354,7 +378,7 @@ async fn ingest(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let deadline = Duration::from_secs(state.config.protection.request_timeout_seconds);
     let result = tokio::time::timeout(
         deadline,
-        handle(&state, &parts.headers, body, client, &meta),
+        handle(&state, &parts.uri, &parts.headers, body, client, &meta),
     )
     .await
     .unwrap_or(Err(ApiError::RequestTimeout));
@@ -398,6 +422,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// The whole pipeline for one report. `Ok(None)` only in verify-only benchmark mode.
 async fn handle(
     state: &Arc<AppState>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
     client: IpAddr,
@@ -470,6 +495,7 @@ async fn handle(
         auth_failed(state, failure, Some(claim.repo_id), meta)
     })?;
     tracing::debug!(request_id = %meta.request_id, key_id, scheme = claim.scheme.name(), "signature verified");
+    state.key_usage.record(&key_id);
 
     let decision = state.limiter.check(claim.repo_id);
     if !decision.allowed {
@@ -488,9 +514,28 @@ async fn handle(
     }
     check_backlog(state)?;
 
+    // A JUnit XML body becomes the JSON report here; from here on everything sees JSON,
+    // and the XML is only stored beside it.
+    let xml_type = xml::xml_content_type(headers);
+    let (json, _json_permit) = match &xml_type {
+        None => (bytes.clone(), None),
+        Some(_) => {
+            let converted = convert_xml(state, uri, headers, &bytes, claim.repo_id, blocking).await;
+            match converted {
+                Ok(ok) => ok,
+                Err(error) => {
+                    if matches!(error, ApiError::InvalidXml(_)) {
+                        audit_rejected(state, claim.repo_id, "invalid_xml", meta).await;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    };
+
     let parsed = {
         let state = Arc::clone(state);
-        let bytes = bytes.clone();
+        let bytes = json.clone();
         let parse = move || parse_and_validate(&state.validator, &bytes);
         if blocking {
             tokio::task::spawn_blocking(parse)
@@ -518,13 +563,21 @@ async fn handle(
         return Err(ApiError::RepositoryMismatch);
     }
 
-    // The body parsed as JSON, so it is UTF-8.
-    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::InvalidJson)?;
+    // The body parsed as JSON, so it is UTF-8; an XML body was checked by the conversion.
+    let text = std::str::from_utf8(&json).map_err(|_| ApiError::InvalidJson)?;
+    let original = match &xml_type {
+        Some(content_type) => Some(Original {
+            body: std::str::from_utf8(&bytes).map_err(|_| ApiError::Internal("XML not UTF-8"))?,
+            content_type,
+        }),
+        None => None,
+    };
     let report = NewReport {
         tenant: &config.tenant,
         header: &header,
         test_count,
         body: text,
+        original,
         topology: &config.broker,
     };
     let stored = store::store_report(&state.pool, &report, meta)
@@ -540,6 +593,48 @@ async fn handle(
         state.delivery.wake.notify_one();
     }
     Ok((Some(stored), decision))
+}
+
+/// Converts an XML body to the JSON report, on the blocking pool when large. The JSON is
+/// held under the same in-flight byte budget and size limit as a body, so a conversion
+/// cannot grow the pod's memory past what JSON bodies may use.
+async fn convert_xml(
+    state: &Arc<AppState>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    repo_id: uuid::Uuid,
+    blocking: bool,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
+    let fields = xml::fields(uri, headers).map_err(ApiError::InvalidXml)?;
+    let max_tests = usize::try_from(state.config.limits.max_tests).unwrap_or(usize::MAX);
+    let body = bytes.clone();
+    let convert = move || xml::to_report(&body, repo_id, &fields, max_tests, chrono::Utc::now());
+    let json = if blocking {
+        tokio::task::spawn_blocking(convert)
+            .await
+            .map_err(|_| ApiError::Internal("conversion task failed"))?
+    } else {
+        convert()
+    }
+    .map_err(ApiError::InvalidXml)?;
+    let limit = state.config.limits.max_body_bytes;
+    if json.len() as u64 > limit {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let units = budget_units(json.len() as u64);
+    let permit = tokio::time::timeout(
+        state.budget_wait,
+        Arc::clone(&state.body_budget).acquire_many_owned(units),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or(ApiError::Unavailable {
+        message: "Too many reports in flight; retry later",
+        retry_after_secs: 5,
+    })?;
+    Ok((Bytes::from(json), Some(permit)))
 }
 
 fn parse_and_validate(

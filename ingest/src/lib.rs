@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cli;
 pub mod http;
+pub mod key_usage;
 pub mod keys;
 pub mod metrics;
 pub mod protect;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod server;
 pub mod signature;
 pub mod store;
+pub mod xml;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -55,9 +55,20 @@ pub struct NewReport<'a> {
     pub tenant: &'a str,
     pub header: &'a ReportHeader,
     pub test_count: usize,
-    /// The raw, already validated JSON body; stored exactly as sent.
+    /// The already validated JSON report: the body exactly as sent, or the report a
+    /// JUnit XML body was converted to.
     pub body: &'a str,
+    /// A body that was not sent as JSON, as received, and its content type; stored
+    /// beside the converted report.
+    pub original: Option<Original<'a>>,
     pub topology: &'a BrokerTopology,
+}
+
+/// A request body kept as received when the stored payload is a conversion of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'a> {
+    pub body: &'a str,
+    pub content_type: &'a str,
 }
 
 /// The existing anchorpipe event, plus the ingestion id consumers dedupe and look up by.
@@ -153,8 +164,9 @@ pub async fn store_report(
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO ingestions
            (id, tenant, repo_id, commit_sha, run_id, framework, branch, pull_request,
-            idempotency_key, test_count, payload, response, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            idempotency_key, test_count, payload, response, request_id, original_body,
+            original_content_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT ON CONSTRAINT ingestions_duplicate_key DO NOTHING
          RETURNING id",
     )
@@ -171,6 +183,8 @@ pub async fn store_report(
     .bind(report.body)
     .bind(&response)
     .bind(&meta.request_id)
+    .bind(report.original.map(|o| o.body))
+    .bind(report.original.map(|o| o.content_type))
     .fetch_optional(&mut *tx)
     .await?;
 
@@ -242,7 +256,7 @@ pub async fn store_report(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    if report.body.len() > SHRINK_AFTER_BYTES {
+    if report.body.len() + report.original.map_or(0, |o| o.body.len()) > SHRINK_AFTER_BYTES {
         // The connection's write buffer grew to the body's size; without this, every
         // pooled connection keeps the largest buffer it ever needed.
         conn.shrink_buffers();

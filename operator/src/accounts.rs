@@ -7,7 +7,10 @@
 //! and manages broker users through RabbitMQ's management API. Both hold the platform's
 //! admin credentials, which therefore stay with the operator.
 
+use std::collections::BTreeMap;
+
 use futures_util::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
 use uuid::Uuid;
 
 /// A claim or credential operation failed; the message never holds a password.
@@ -102,4 +105,11 @@ pub trait Accounts: Send + Sync {
 
     /// The URLs the tenant's pods connect with, using `set`.
     fn urls(&self, set: &CredentialSet) -> Result<TenantUrls, AccountError>;
+
+    /// When each HMAC key id of `tenant` last verified a request, as its ingest pods
+    /// report it (at most a minute late). Keys never seen verifying are absent.
+    fn key_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Timestamp>, AccountError>>;
 }

@@ -6,11 +6,18 @@
 //! moment its successor was minted. The only other bookkeeping is which on-demand
 //! rotation request was already served, kept in an annotation on the Secret.
 //!
+//! Rotation is on demand (the annotation) unless the endpoint opts into a schedule.
+//!
 //! Invariants, each covered by a test below:
 //! - an existing key's value is never replaced: the plan copies it verbatim;
 //! - at most one key is minted per reconcile;
+//! - without a rotation period, no key is ever minted but the first and requested ones;
 //! - a key is removed only once its successor has existed for the grace period, because
 //!   the ingest pods accept every file in the mounted keys directory.
+//!
+//! [`expiry_warning`] decides, from the key ids and when the ingest pods last saw each
+//! verify a request (the `key_usage` table), whether a key that is still in use stops
+//! verifying soon.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -156,7 +163,11 @@ pub fn plan(
     let reason = match newest {
         None => Some(MintReason::Initial),
         Some(_) if new_request.is_some() => Some(MintReason::Requested),
-        Some(at) if to_duration(now.duration_since(at)) >= policy.rotation_period => {
+        Some(at)
+            if policy
+                .rotation_period
+                .is_some_and(|period| to_duration(now.duration_since(at)) >= period) =>
+        {
             Some(MintReason::Schedule)
         }
         Some(_) => None,
@@ -208,8 +219,8 @@ pub fn plan(
         .next_back()
         .cloned()
         .ok_or(Error::Random("no key after minting".to_owned()))?;
-    if let Some(at) = minted_at(&current) {
-        let due = add(at, policy.rotation_period);
+    if let (Some(at), Some(period)) = (minted_at(&current), policy.rotation_period) {
+        let due = add(at, period);
         next_change = next_change.min(to_duration(due.duration_since(now)));
     }
 
@@ -225,6 +236,126 @@ pub fn plan(
     })
 }
 
+/// When each key of a plan stops verifying, as far as is known now.
+///
+/// A replaced key stops a grace period after its successor was minted. The current key
+/// stops only after it is replaced: with a rotation period that is known in advance
+/// (its rotation plus the grace period); without one it is open-ended.
+pub fn stops_verifying(ids: &[&str], policy: RotationPolicy) -> Vec<Option<Timestamp>> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| match ids.get(i + 1) {
+            Some(successor) => minted_at(successor).map(|at| add(at, policy.grace_period)),
+            None => match (minted_at(id), policy.rotation_period) {
+                (Some(at), Some(period)) => Some(add(add(at, period), policy.grace_period)),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// What the endpoint's status says about its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyTimes {
+    pub current_minted_at: Option<Timestamp>,
+    /// When the current key is due to be replaced (scheduled rotation only).
+    pub next_rotation_at: Option<Timestamp>,
+    /// The newest replaced key still verifying, and when it stops.
+    pub previous: Option<(String, Timestamp)>,
+}
+
+/// The status times of the keys `ids` (in id order, i.e. mint order).
+pub fn key_times(ids: &[&str], policy: RotationPolicy) -> KeyTimes {
+    let current = ids.last().copied();
+    let current_minted_at = current.and_then(minted_at);
+    let previous = ids.len().checked_sub(2).and_then(|i| {
+        let stops = stops_verifying(ids, policy).get(i).copied().flatten()?;
+        Some((ids[i].to_owned(), stops))
+    });
+    KeyTimes {
+        current_minted_at,
+        next_rotation_at: current_minted_at
+            .zip(policy.rotation_period)
+            .map(|(at, period)| add(at, period)),
+        previous,
+    }
+}
+
+/// A key still in use that stops verifying within the warning time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiring {
+    pub key_id: String,
+    /// When it stops verifying.
+    pub stops_at: Timestamp,
+    /// When the ingest pods last saw it verify a request.
+    pub last_verified_at: Timestamp,
+    /// Whether it is the current key (then the rotation has not happened yet).
+    pub current: bool,
+}
+
+/// The warning decision at `now`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExpiryCheck {
+    /// The key in use that stops soonest, when one stops within the warning time.
+    pub expiring: Option<Expiring>,
+    /// When the next warning window opens (a key's end minus the warning time), so the
+    /// reconcile looks again then.
+    pub next_check: Option<Duration>,
+}
+
+/// Whether a key that is still in use stops verifying within `policy.expiry_warning`.
+///
+/// `ids` are the Secret's key ids after this reconcile's plan; `last_verified` the time
+/// each id last verified a request, per the ingest pods. A key counts as in use when it
+/// verified within the warning time, and for a replaced key after it was replaced (a
+/// pipeline that switched to the new key right away is not warned about).
+pub fn expiry_warning(
+    ids: &[&str],
+    last_verified: &BTreeMap<String, Timestamp>,
+    policy: RotationPolicy,
+    now: Timestamp,
+) -> ExpiryCheck {
+    let warning = policy.expiry_warning;
+    let since = now
+        .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(warning).unwrap_or_default())
+        .unwrap_or(Timestamp::MIN);
+    let mut check = ExpiryCheck::default();
+    for (i, stops) in stops_verifying(ids, policy).into_iter().enumerate() {
+        let Some(stops_at) = stops else { continue };
+        if now >= stops_at {
+            continue; // already gone (removed by this plan or the next)
+        }
+        let opens = stops_at
+            .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(warning).unwrap_or_default())
+            .unwrap_or(Timestamp::MIN);
+        if now < opens {
+            let wait = to_duration(opens.duration_since(now));
+            check.next_check = Some(check.next_check.map_or(wait, |w| w.min(wait)));
+            continue;
+        }
+        let id = ids[i];
+        let replaced_at = ids.get(i + 1).and_then(|s| minted_at(s));
+        let Some(&last) = last_verified.get(id) else {
+            continue;
+        };
+        let in_use = last >= since && replaced_at.is_none_or(|at| last >= at);
+        if in_use
+            && check
+                .expiring
+                .as_ref()
+                .is_none_or(|e| stops_at < e.stops_at)
+        {
+            check.expiring = Some(Expiring {
+                key_id: id.to_owned(),
+                stops_at,
+                last_verified_at: last,
+                current: i + 1 == ids.len(),
+            });
+        }
+    }
+    check
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,8 +364,16 @@ mod tests {
 
     fn policy() -> RotationPolicy {
         RotationPolicy {
-            rotation_period: 10 * HOUR,
+            rotation_period: Some(10 * HOUR),
             grace_period: 2 * HOUR,
+            expiry_warning: 3 * HOUR,
+        }
+    }
+
+    fn on_demand() -> RotationPolicy {
+        RotationPolicy {
+            rotation_period: None,
+            ..policy()
         }
     }
 
@@ -395,5 +534,142 @@ mod tests {
         assert_eq!(plan1.next_change, 10 * HOUR);
         let plan2 = plan(&plan1.keys, None, None, policy(), at(10.0), mint).unwrap();
         assert_eq!(plan2.next_change, 2 * HOUR);
+    }
+
+    #[test]
+    fn without_a_rotation_period_keys_rotate_only_on_demand() {
+        type Step<'a> = (f64, Option<&'a str>, &'a [f64], Option<MintReason>);
+        let steps: &[Step] = &[
+            (0.0, None, &[0.0], Some(MintReason::Initial)),
+            // A year later: still the first key.
+            (8760.0, None, &[0.0], None),
+            (
+                8761.0,
+                Some("r1"),
+                &[0.0, 8761.0],
+                Some(MintReason::Requested),
+            ),
+            (8762.9, Some("r1"), &[0.0, 8761.0], None),
+            (8763.0, Some("r1"), &[8761.0], None),
+            (20000.0, Some("r1"), &[8761.0], None),
+        ];
+        let mut data = BTreeMap::new();
+        let mut served: Option<String> = None;
+        for (hours, request, expected, reason) in steps {
+            let plan = plan(
+                &data,
+                served.as_deref(),
+                *request,
+                on_demand(),
+                at(*hours),
+                mint,
+            )
+            .unwrap();
+            let want: Vec<String> = expected
+                .iter()
+                .map(|h| key_id(at(*h), [0xab, 0x12, 0xcd]))
+                .collect();
+            assert_eq!(
+                plan.keys.keys().cloned().collect::<Vec<_>>(),
+                want,
+                "at {hours}h"
+            );
+            assert_eq!(plan.minted.map(|(_, r)| r), *reason, "at {hours}h");
+            data = plan.keys;
+            served = plan.served_request;
+        }
+        // Nothing is due: the plan does not ask to be woken for a rotation.
+        let idle = plan(
+            &data,
+            served.as_deref(),
+            Some("r1"),
+            on_demand(),
+            at(20000.0),
+            mint,
+        )
+        .unwrap();
+        assert_eq!(idle.next_change, Duration::MAX);
+    }
+
+    fn id(hours: f64) -> String {
+        key_id(at(hours), [0xab, 0x12, 0xcd])
+    }
+
+    #[test]
+    fn key_times_for_the_status() {
+        let (k0, k10) = (id(0.0), id(10.0));
+        let times = key_times(&[&k0], policy());
+        assert_eq!(times.current_minted_at, Some(t0()));
+        assert_eq!(times.next_rotation_at, Some(at(10.0)));
+        assert_eq!(times.previous, None);
+        let times = key_times(&[&k0, &k10], policy());
+        assert_eq!(times.previous, Some((k0.clone(), at(12.0))));
+        let times = key_times(&[&k0, &k10], on_demand());
+        assert_eq!(times.next_rotation_at, None);
+        assert_eq!(times.previous, Some((k0, at(12.0))));
+    }
+
+    /// The warning decision over a timeline: rotation every 10 h, grace 2 h, warning
+    /// 3 h, one CI system that keeps signing with the first key.
+    #[test]
+    fn a_key_in_use_is_warned_about_the_warning_time_before_it_stops() {
+        let (k0, k10) = (id(0.0), id(10.0));
+        let used = |key: &str, hours: f64| BTreeMap::from([(key.to_owned(), at(hours))]);
+
+        // The current key stops at 12 h (rotation at 10 h + grace): nothing before 9 h.
+        let check = expiry_warning(&[&k0], &used(&k0, 8.0), policy(), at(8.5));
+        assert_eq!(check.expiring, None);
+        assert_eq!(check.next_check, Some(HOUR / 2));
+        // From 9 h on, a key verified lately is warned about, as the current key.
+        let check = expiry_warning(&[&k0], &used(&k0, 8.5), policy(), at(9.0));
+        let expiring = check.expiring.unwrap();
+        assert_eq!(
+            (expiring.key_id.as_str(), expiring.stops_at),
+            (k0.as_str(), at(12.0))
+        );
+        assert!(expiring.current);
+        assert_eq!(expiring.last_verified_at, at(8.5));
+        // An unused key (never, or not within the warning time) is not.
+        assert_eq!(
+            expiry_warning(&[&k0], &BTreeMap::new(), policy(), at(9.0)).expiring,
+            None
+        );
+        assert_eq!(
+            expiry_warning(&[&k0], &used(&k0, 5.0), policy(), at(9.0)).expiring,
+            None
+        );
+
+        // After the rotation: still warned while the old key keeps verifying...
+        let check = expiry_warning(&[&k0, &k10], &used(&k0, 10.5), policy(), at(11.0));
+        let expiring = check.expiring.unwrap();
+        assert_eq!(expiring.key_id, k0);
+        assert!(!expiring.current);
+        // ...but not when its last use was before it was replaced: the pipeline moved on.
+        assert_eq!(
+            expiry_warning(&[&k0, &k10], &used(&k0, 9.5), policy(), at(11.0)).expiring,
+            None
+        );
+        // Once it stopped, it is no longer "expiring".
+        assert_eq!(
+            expiry_warning(&[&k0, &k10], &used(&k0, 11.9), policy(), at(12.0)).expiring,
+            None
+        );
+    }
+
+    #[test]
+    fn on_demand_keys_warn_only_after_a_rotation() {
+        let (k0, k5) = (id(0.0), id(5.0));
+        let used = BTreeMap::from([(k0.clone(), at(5.5)), (k5.clone(), at(5.5))]);
+        // The only key never expires: no warning, nothing to wake up for.
+        let check = expiry_warning(&[&k0], &used, on_demand(), at(5.0));
+        assert_eq!(check, ExpiryCheck::default());
+        // Rotated on demand at 5 h, grace 2 h < warning 3 h: the old key, used after the
+        // rotation, is warned about at once; the new one never expires.
+        let check = expiry_warning(&[&k0, &k5], &used, on_demand(), at(6.0));
+        assert_eq!(
+            check.expiring.map(|e| (e.key_id, e.stops_at)),
+            Some((k0, at(7.0)))
+        );
+        assert_eq!(check.next_check, None);
     }
 }

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod database;
 pub mod error;
 pub mod http;
+pub mod key_usage;
 pub mod keys;
 pub mod leader;
 pub mod metrics;

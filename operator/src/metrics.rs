@@ -77,6 +77,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub key_rotations: Family<RotationLabels, Counter>,
     pub keys_removed: Counter,
+    pub key_expiry_warnings: Counter,
     pub broker_operations: Family<BrokerLabels, Counter>,
     pub finalizers_released_without_cleanup: Family<ReleaseLabels, Counter>,
     pub leader: Gauge,
@@ -113,6 +114,12 @@ impl Default for Metrics {
             "HMAC keys removed after their grace period",
             keys_removed.clone(),
         );
+        let key_expiry_warnings = Counter::default();
+        registry.register(
+            "key_expiry_warnings",
+            "Warnings that an HMAC key still in use is about to stop verifying",
+            key_expiry_warnings.clone(),
+        );
         let broker_operations = Family::<BrokerLabels, Counter>::default();
         registry.register(
             "broker_operations",
@@ -137,6 +144,7 @@ impl Default for Metrics {
             reconcile_duration,
             key_rotations,
             keys_removed,
+            key_expiry_warnings,
             broker_operations,
             finalizers_released_without_cleanup,
             leader,

@@ -3,9 +3,11 @@
 //! ([`crate::broker_users`]). This is where the platform's admin credentials are used;
 //! the URLs handed to tenants carry only the tenant's minted credentials.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::accounts::{
@@ -17,6 +19,7 @@ use crate::database::{self, TenantDb};
 
 /// Claims and credentials on the platform database and broker.
 pub struct PlatformAccounts {
+    /// Also reads the `key_usage` table, as the owner.
     db: TenantDb,
     users: Arc<dyn BrokerUsers>,
     /// The owner's URL: tenant URLs reuse its host, port, database and parameters.
@@ -220,6 +223,17 @@ impl Accounts for PlatformAccounts {
                 .await
                 .map_err(|e| failed("releasing the tenant", e))?;
             self.revoke_broker_users_except(tenant, &[]).await
+        })
+    }
+
+    fn key_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Timestamp>, AccountError>> {
+        Box::pin(async move {
+            crate::key_usage::last_verified(self.db.pool(), tenant)
+                .await
+                .map_err(|e| failed("reading key usage", e))
         })
     }
 

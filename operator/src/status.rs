@@ -3,7 +3,10 @@
 //! Pure: the reconcile gathers one [`Check`] per concern and this module turns them into
 //! `SecretReady`, `CredentialsReady`, `RepositoriesOwned`, `QueueReady`, `Available` and
 //! the summary `Ready`, keeping each condition's `lastTransitionTime` when its status did
-//! not change.
+//! not change; and `KeyExpiring` (minted keys only), which `Ready` does not summarise: an
+//! expiring key is a warning for the tenant's CI, not a fault of the endpoint.
+
+use std::time::Duration;
 
 use anchorpipe_crds::v1alpha1::IngestionEndpointStatus;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,6 +19,96 @@ pub const REPOSITORIES_OWNED: &str = "RepositoriesOwned";
 pub const QUEUE_READY: &str = "QueueReady";
 pub const AVAILABLE: &str = "Available";
 pub const READY: &str = "Ready";
+pub const KEY_EXPIRING: &str = "KeyExpiring";
+
+/// What the `KeyExpiring` condition reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyExpiry {
+    /// A key in use stops verifying within the warning time; `current` is the key to
+    /// sign with.
+    InUseExpiring {
+        expiring: crate::keys::Expiring,
+        current: String,
+    },
+    /// No key in use stops within the warning time (given).
+    NoneExpiring(Duration),
+    /// Key usage could not be read.
+    Unknown(String),
+}
+
+/// How a `KeyExpiring` message about `key_id` starts (the Event is sent once per key).
+pub fn key_expiring_prefix(key_id: &str) -> String {
+    format!("key {key_id} ")
+}
+
+/// The message of the `KeyExpiring` condition and Event, for people running CI.
+pub fn key_expiring_message(expiring: &crate::keys::Expiring, current: &str) -> String {
+    let prefix = key_expiring_prefix(&expiring.key_id);
+    let (id, stops, last) = (
+        &expiring.key_id,
+        expiring.stops_at,
+        expiring.last_verified_at,
+    );
+    if expiring.current {
+        format!(
+            "{prefix}is still in use (last verified a report at {last}) and stops verifying at {stops}, a grace period after its scheduled rotation: once it is rotated, store the new key (status.currentKeyId) in the CI secrets that hold {id}, or rotate now with the anchorpipe.dev/rotate-key annotation and update them"
+        )
+    } else {
+        format!(
+            "{prefix}was replaced by {current} but still verified a report at {last}; it stops verifying at {stops}: store key {current} in the CI secrets that still hold {id}"
+        )
+    }
+}
+
+/// A duration as the spec writes it: `72h`, `90m`, `45s`.
+fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// The `KeyExpiring` condition: True while a key in use is about to stop verifying.
+pub fn key_expiring(
+    expiry: &KeyExpiry,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let (status, reason, message) = match expiry {
+        KeyExpiry::InUseExpiring { expiring, current } => (
+            "True",
+            "KeyInUseExpiring",
+            key_expiring_message(expiring, current),
+        ),
+        KeyExpiry::NoneExpiring(warning) => (
+            "False",
+            "NoKeyInUseExpiring",
+            format!(
+                "no key that verified a report lately stops verifying within {}",
+                duration_text(*warning)
+            ),
+        ),
+        KeyExpiry::Unknown(error) => (
+            "Unknown",
+            "KeyUsageUnknown",
+            format!("could not read which keys are in use: {error}"),
+        ),
+    };
+    with_status(
+        KEY_EXPIRING,
+        status,
+        reason,
+        message,
+        generation,
+        previous,
+        now,
+    )
+}
 
 /// The outcome of one concern: whether it holds, a PascalCase reason and a message for
 /// people.
@@ -113,6 +206,26 @@ fn condition(
     now: Timestamp,
 ) -> Condition {
     let status = if check.ok { "True" } else { "False" };
+    with_status(
+        type_,
+        status,
+        check.reason,
+        check.message.clone(),
+        generation,
+        previous,
+        now,
+    )
+}
+
+fn with_status(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -121,8 +234,8 @@ fn condition(
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
-        reason: check.reason.to_owned(),
-        message: check.message.clone(),
+        reason: reason.to_owned(),
+        message,
         observed_generation: generation,
         last_transition_time,
     }
@@ -331,5 +444,52 @@ mod tests {
         );
         assert_eq!(changed[0].last_transition_time, Time(later));
         assert_eq!(changed[1].last_transition_time, Time(now()));
+    }
+
+    #[test]
+    fn key_expiring_is_true_only_for_a_key_in_use_and_unknown_without_usage() {
+        let expiring = crate::keys::Expiring {
+            key_id: "k20260301-090000-aaaaaa".to_owned(),
+            stops_at: "2026-03-01T21:00:00Z".parse().unwrap(),
+            last_verified_at: "2026-03-01T19:30:00Z".parse().unwrap(),
+            current: false,
+        };
+        let c = key_expiring(
+            &KeyExpiry::InUseExpiring {
+                expiring,
+                current: "k20260301-190000-bbbbbb".to_owned(),
+            },
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "KeyInUseExpiring")
+        );
+        assert!(
+            c.message
+                .starts_with("key k20260301-090000-aaaaaa was replaced by k20260301-190000-bbbbbb"),
+            "{}",
+            c.message
+        );
+        let c = key_expiring(
+            &KeyExpiry::NoneExpiring(Duration::from_secs(5400)),
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(c.status, "False");
+        assert!(c.message.ends_with("within 90m"), "{}", c.message);
+        let c = key_expiring(
+            &KeyExpiry::Unknown("database: timed out".into()),
+            Some(1),
+            &[],
+            now(),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "KeyUsageUnknown")
+        );
     }
 }

@@ -148,6 +148,7 @@ async fn store_as(
         header: &header,
         test_count: 1,
         body: &body,
+        original: None,
         topology: &topology,
     };
     let meta = RequestMeta {

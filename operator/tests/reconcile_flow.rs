@@ -526,6 +526,111 @@ async fn scheduled_rotation_keeps_the_old_key_for_the_grace_period() {
 }
 
 #[tokio::test]
+async fn without_a_rotation_period_keys_rotate_only_on_demand() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    let first = h.key_ids();
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["currentKeyMintedAt"], json!("2026-03-01T09:00:00Z"));
+    assert!(status.get("nextRotationAt").is_none(), "{status}");
+    assert!(status.get("previousKeyId").is_none(), "{status}");
+
+    // A year on, the key a CI system stored is still the only one.
+    h.advance(365 * 24 * HOUR);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.key_ids(), first);
+
+    h.put(spec(), rotate("now"));
+    h.reconcile().await.unwrap();
+    let both = h.key_ids();
+    assert_eq!(both.len(), 2);
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["previousKeyId"], json!(first[0]));
+    // The default grace period: 24h after the new key was minted.
+    assert_eq!(
+        status["previousKeyExpiresAt"],
+        json!("2027-03-02T09:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn a_key_still_in_use_is_warned_about_before_it_stops_verifying() {
+    let h = Harness::new();
+    let mut s = spec();
+    s["hmac"] = json!({"rotationPeriod": "10h", "gracePeriod": "2h", "expiryWarning": "3h"});
+    h.put(s, json!({}));
+    h.converge().await.unwrap();
+    h.set_deployment_ready(2);
+    let first = h.key_ids()[0].clone();
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["currentKeyMintedAt"], json!("2026-03-01T09:00:00Z"));
+    assert_eq!(status["nextRotationAt"], json!("2026-03-01T19:00:00Z"));
+    assert_eq!(
+        h.condition("KeyExpiring"),
+        ("False".into(), "NoKeyInUseExpiring".into())
+    );
+
+    // A CI system signs with the first key. At 8h its end (rotation at 10h + 2h grace)
+    // is more than the warning time away: no warning, but a wake-up when it opens.
+    h.advance(8 * HOUR);
+    h.accounts
+        .key_verified(TENANT, &first, "2026-03-01T17:00:00Z".parse().unwrap());
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("KeyExpiring").0, "False");
+
+    // At 9h the warning opens: condition and one Warning Event.
+    h.advance(HOUR);
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.condition("KeyExpiring"),
+        ("True".into(), "KeyInUseExpiring".into())
+    );
+    let message = h.condition_message("KeyExpiring");
+    assert!(
+        message.starts_with(&format!("key {first} is still in use")),
+        "{message}"
+    );
+    assert!(message.contains("2026-03-01T21:00:00Z"), "{message}");
+    assert!(h.event_reasons().contains(&"KeyExpiring".to_owned()));
+    assert_eq!(h.condition("Ready").0, "True", "a warning, not a fault");
+    h.reconcile().await.unwrap();
+    let text = h.metrics.encode().unwrap();
+    assert!(
+        text.contains("anchorpipe_operator_key_expiry_warnings_total 1"),
+        "one Event per expiring key: {text}"
+    );
+
+    // Rotated at 10h; the pipeline still signs with the old key at 10.5h.
+    h.advance(HOUR);
+    h.reconcile().await.unwrap();
+    let second = h.key_ids()[1].clone();
+    h.advance(HOUR / 2);
+    h.accounts
+        .key_verified(TENANT, &first, "2026-03-01T19:30:00Z".parse().unwrap());
+    h.reconcile().await.unwrap();
+    let status = h.get(IE).unwrap()["status"].clone();
+    assert_eq!(status["previousKeyId"], json!(first));
+    assert_eq!(
+        status["previousKeyExpiresAt"],
+        json!("2026-03-01T21:00:00Z")
+    );
+    assert_eq!(status["currentKeyId"], json!(second));
+    let message = h.condition_message("KeyExpiring");
+    assert!(
+        message.contains(&format!("was replaced by {second}")),
+        "{message}"
+    );
+
+    // Its grace period over, the old key is gone and so is the warning.
+    h.advance(2 * HOUR);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.key_ids(), vec![second]);
+    assert_eq!(h.condition("KeyExpiring").0, "False");
+    assert!(h.get(IE).unwrap()["status"].get("previousKeyId").is_none());
+}
+
+#[tokio::test]
 async fn deletion_removes_queues_then_the_finalizer() {
     let h = Harness::new();
     let mut s = spec();

@@ -170,7 +170,7 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
     // 7. Status.
     let (available, ready_replicas) =
         status::availability(Some(&deployment), endpoint.spec.replicas);
-    let conditions = status::conditions(
+    let mut conditions = status::conditions(
         Checks {
             secret: &keys.check,
             credentials: &creds.check,
@@ -182,6 +182,14 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
         &previous.conditions,
         now,
     );
+    if let Some(expiry) = &keys.expiry {
+        conditions.push(status::key_expiring(
+            expiry,
+            generation,
+            &previous.conditions,
+            now,
+        ));
+    }
     let was_ready = previous
         .conditions
         .iter()
@@ -197,6 +205,10 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
         secret_name: Some(keys.secret_name),
         credentials_secret_name: Some(Names::of(endpoint).credentials),
         current_key_id: keys.current,
+        current_key_minted_at: keys.times.current_minted_at.map(Time),
+        next_rotation_at: keys.times.next_rotation_at.map(Time),
+        previous_key_id: keys.times.previous.as_ref().map(|(id, _)| id.clone()),
+        previous_key_expires_at: keys.times.previous.map(|(_, at)| Time(at)),
         queue: Some(topology.queue.clone()),
         ready_replicas: Some(ready_replicas),
     };

@@ -1,15 +1,22 @@
 //! The keys step: minted HMAC keys planned by [`crate::keys`] and written to the
-//! endpoint's Secret, or a user's Secret checked.
+//! endpoint's Secret, or a user's Secret checked; for minted keys, the warning when a
+//! key the ingest pods still see in use is about to stop verifying.
 
 use super::*;
+use crate::keys::KeyTimes;
+use crate::status::KeyExpiry;
 
 /// The keys step's result.
 pub(super) struct Keys {
     pub(super) check: Check,
     pub(super) secret_name: String,
     pub(super) current: Option<String>,
-    /// When a rotation or removal is next due.
+    /// When a rotation, a removal or an expiry warning is next due.
     pub(super) next_change: Option<Duration>,
+    /// The keys' times for the status (minted keys only).
+    pub(super) times: KeyTimes,
+    /// Whether a key in use is about to stop verifying (minted keys only).
+    pub(super) expiry: Option<KeyExpiry>,
     /// A transient problem to retry once the rest of the endpoint is applied.
     pub(super) retry: Option<Error>,
 }
@@ -88,6 +95,32 @@ pub(super) async fn minted_keys(
         )
         .await;
     }
+    let ids: Vec<&str> = plan.keys.keys().map(String::as_str).collect();
+    let times = keys::key_times(&ids, policy);
+    let mut next_change = plan.next_change;
+    let expiry = match ctx.accounts.key_usage(tenant).await {
+        Ok(usage) => {
+            let check = keys::expiry_warning(&ids, &usage, policy, now);
+            if let Some(wait) = check.next_check {
+                next_change = next_change.min(wait.max(Duration::from_secs(1)));
+            }
+            match check.expiring {
+                Some(expiring) => {
+                    warn_expiring(endpoint, &expiring, &plan.current, ctx).await;
+                    KeyExpiry::InUseExpiring {
+                        expiring,
+                        current: plan.current.clone(),
+                    }
+                }
+                None => KeyExpiry::NoneExpiring(policy.expiry_warning),
+            }
+        }
+        Err(error) => {
+            // Advisory only: the keys themselves are fine, so the reconcile goes on.
+            warn!(%error, "could not read which keys are in use");
+            KeyExpiry::Unknown(error.to_string())
+        }
+    };
     for id in &plan.removed {
         ctx.metrics.keys_removed.inc();
         info!(key_id = %id, "removed HMAC key after its grace period");
@@ -112,9 +145,44 @@ pub(super) async fn minted_keys(
         ),
         secret_name: names.secret,
         current: Some(plan.current),
-        next_change: Some(plan.next_change),
+        next_change: Some(next_change),
+        times,
+        expiry: Some(expiry),
         retry: None,
     })
+}
+
+/// A Warning Event when a key in use starts expiring: once per key, when the
+/// `KeyExpiring` condition turns True for it (the condition stays while it lasts).
+async fn warn_expiring(
+    endpoint: &IngestionEndpoint,
+    expiring: &keys::Expiring,
+    current: &str,
+    ctx: &Context,
+) {
+    let already = endpoint
+        .status
+        .as_ref()
+        .into_iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| {
+            c.type_ == status::KEY_EXPIRING
+                && c.status == "True"
+                && c.message
+                    .starts_with(&status::key_expiring_prefix(&expiring.key_id))
+        });
+    if already {
+        return;
+    }
+    ctx.metrics.key_expiry_warnings.inc();
+    ctx.event(
+        &endpoint.object_ref(&()),
+        EventType::Warning,
+        status::KEY_EXPIRING,
+        "WarnKeyExpiry",
+        status::key_expiring_message(expiring, current),
+    )
+    .await;
 }
 
 pub(super) async fn referenced_keys(
@@ -129,6 +197,8 @@ pub(super) async fn referenced_keys(
         secret_name: name.to_owned(),
         current: None,
         next_change: None,
+        times: KeyTimes::default(),
+        expiry: None,
         retry: Some(Error::UserSecret {
             name: name.to_owned(),
             message,
@@ -163,6 +233,8 @@ pub(super) async fn referenced_keys(
         secret_name: name.to_owned(),
         current: Some((*current).clone()),
         next_change: None,
+        times: KeyTimes::default(),
+        expiry: None,
         retry: None,
     })
 }

@@ -10,6 +10,7 @@ use anchorpipe_operator::accounts::{
     TenantUrls,
 };
 use futures_util::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -19,6 +20,8 @@ pub struct State {
     /// Tenant → ids of its live credential sets.
     pub credentials: BTreeMap<String, BTreeSet<String>>,
     pub grants: BTreeMap<String, Grant>,
+    /// Tenant → key id → when it last verified (what the ingest pods would report).
+    pub key_usage: BTreeMap<String, BTreeMap<String, Timestamp>>,
 }
 
 #[derive(Default)]
@@ -36,6 +39,17 @@ impl FakeAccounts {
         } else {
             Ok(())
         }
+    }
+
+    /// Records that `key_id` verified a request at `at`, as an ingest pod would.
+    pub fn key_verified(&self, tenant: &str, key_id: &str, at: Timestamp) {
+        self.state
+            .lock()
+            .unwrap()
+            .key_usage
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(key_id.to_owned(), at);
     }
 
     pub fn live_credentials(&self, tenant: &str) -> Vec<String> {
@@ -155,6 +169,17 @@ impl Accounts for FakeAccounts {
                 state.credentials.remove(tenant);
             }
             Ok(())
+        })
+    }
+
+    fn key_usage<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Timestamp>, AccountError>> {
+        Box::pin(async move {
+            self.check()?;
+            let state = self.state.lock().unwrap();
+            Ok(state.key_usage.get(tenant).cloned().unwrap_or_default())
         })
     }
 

@@ -113,6 +113,7 @@ pub async fn postgres(
                     header: &header,
                     test_count: template.tests,
                     body: text,
+                    original: None,
                     topology: &topology,
                 };
                 let meta = RequestMeta {

@@ -259,6 +259,19 @@ async fn invalid_objects_are_refused_by_the_api_server() {
             vec!["rotationPeriod must be at least 1h"],
         ),
         (
+            "key timings with a referenced Secret",
+            json!({"repositories": [r], "hmac": {"secretRef": {"name": "keys"}, "expiryWarning": "1h"}}),
+            vec![
+                "spec.hmac",
+                "rotationPeriod, gracePeriod and expiryWarning apply to minted keys only",
+            ],
+        ),
+        (
+            "expiry warning not a duration",
+            json!({"repositories": [r], "hmac": {"expiryWarning": "3d"}}),
+            vec!["spec.hmac.expiryWarning"],
+        ),
+        (
             "repository not a UUID",
             json!({"repositories": ["not-a-uuid"]}),
             vec!["spec.repositories", "every repository must be a UUID"],
@@ -306,11 +319,15 @@ async fn invalid_objects_are_refused_by_the_api_server() {
         out.stderr
     );
 
-    // Transition rules: the tenant cannot be renamed once created.
+    // Transition rules: the tenant cannot be renamed once created. (Without a rotation
+    // period any grace period is accepted: there is no schedule to be shorter than.)
     let tenant = format!("good-{}", suffix());
-    ns.apply("good", json!({"tenant": tenant, "repositories": [r]}))
-        .await
-        .unwrap();
+    ns.apply(
+        "good",
+        json!({"tenant": tenant, "repositories": [r], "hmac": {"gracePeriod": "1000h"}}),
+    )
+    .await
+    .unwrap();
     ns.track_queue(&format!("anchorpipe.{}.reports", ns.tenant_id(&tenant)));
     let message = refusal(
         &ns,
@@ -574,6 +591,126 @@ async fn key_rotation_reaches_the_running_pod_and_the_old_key_expires() {
             "no {reason} event: {reasons:?}"
         );
     }
+    drop(t);
+    ns.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_still_signing_with_a_replaced_key_is_warned_about_before_it_breaks() {
+    let mut ns = TestNs::new(
+        "a_pipeline_still_signing_with_a_replaced_key_is_warned_about_before_it_breaks",
+    )
+    .await;
+    ns.platform().await;
+    // On-demand rotation only (no rotationPeriod). The pod writes a key's use at most
+    // once a minute and the operator resyncs every minute, so the grace period leaves
+    // room for both; the warning time covers the whole grace period.
+    let grace = Duration::from_secs(240);
+    let t = running(
+        &mut ns,
+        "warn",
+        json!({"hmac": {"gracePeriod": format!("{}s", grace.as_secs()), "expiryWarning": "1h"}}),
+    )
+    .await;
+    let api = ns.endpoints();
+    let status = api.get(&t.name).await.unwrap().status.unwrap();
+    assert!(status.current_key_minted_at.is_some(), "{status:?}");
+    assert!(status.next_rotation_at.is_none(), "no schedule: {status:?}");
+    assert_eq!(
+        condition(&api.get(&t.name).await.unwrap(), "KeyExpiring").map(|c| c.status.clone()),
+        Some("False".to_owned())
+    );
+    let secret_name = format!("{}-hmac", t.name);
+    let base = t.pod.base_url();
+    let old_id = t.key_id.clone();
+    let old = key(&ns, &secret_name, &old_id).await;
+    assert_eq!(report::post(&base, &t.repo, "before", &old).await.0, 200);
+
+    let out = kubectl(&[
+        "annotate",
+        "-n",
+        &ns.name,
+        "ingestionendpoint",
+        &t.name,
+        "anchorpipe.dev/rotate-key=e2e-warn",
+    ])
+    .await;
+    assert!(out.success, "{}", out.stderr);
+    let new_id = eventually("a new current key", Duration::from_secs(30), || {
+        let (api, old_id, name) = (api.clone(), old_id.clone(), t.name.clone());
+        async move {
+            let ep = api.get(&name).await.map_err(|e| e.to_string())?;
+            match ep.status.and_then(|s| s.current_key_id) {
+                Some(id) if id != old_id => Ok(id),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    t.pod.sync_volumes().await;
+    let rotated_at = std::time::Instant::now();
+
+    // The pipeline was not updated: it keeps signing with the old key, which still
+    // verifies. Before the old key stops, the endpoint says so.
+    let mut n = 0;
+    let message = eventually(
+        "the KeyExpiring condition",
+        grace - Duration::from_secs(30),
+        || {
+            n += 1;
+            let (api, name, base, repo, old, old_id) = (
+                api.clone(),
+                t.name.clone(),
+                base.clone(),
+                t.repo.clone(),
+                old.clone(),
+                old_id.clone(),
+            );
+            async move {
+                let (status, answer) = report::post(&base, &repo, &format!("old-{n}"), &old).await;
+                if status != 200 {
+                    return Err(format!(
+                        "the old key was refused in its grace period: {status} {answer}"
+                    ));
+                }
+                let ep = api.get(&name).await.map_err(|e| e.to_string())?;
+                match condition(&ep, "KeyExpiring") {
+                    Some(c)
+                        if c.status == "True"
+                            && c.message.starts_with(&format!("key {old_id} ")) =>
+                    {
+                        Ok(c.message.clone())
+                    }
+                    other => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        Err(format!("{other:?}"))
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        rotated_at.elapsed() < grace,
+        "the warning came after the key stopped"
+    );
+    assert!(message.contains(&new_id), "{message}");
+    let status = api.get(&t.name).await.unwrap().status.unwrap();
+    assert_eq!(status.previous_key_id.as_deref(), Some(old_id.as_str()));
+    assert!(status.previous_key_expires_at.is_some(), "{status:?}");
+    assert_eq!(
+        condition(&api.get(&t.name).await.unwrap(), "Ready").map(|c| c.status.clone()),
+        Some("True".to_owned()),
+        "a warning, not a fault"
+    );
+    let warnings: Vec<(String, String)> = ns
+        .events(&t.name)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "KeyExpiring")
+        .collect();
+    assert!(!warnings.is_empty(), "no KeyExpiring event");
+    assert!(warnings[0].1.contains(&old_id), "{warnings:?}");
     drop(t);
     ns.finish().await;
 }
