@@ -6,6 +6,8 @@
 //!   the same code path the operator uses; for local runs and tests.
 //! - `outbox parked` / `outbox requeue`: list the tenant's parked outbox rows (given up
 //!   on after too many failed publishes) and make them due again.
+//! - `prune --older-than 90d`: delete audit rows, sent outbox rows and ingestions older
+//!   than the age, with the database owner's URL (see `retention.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +70,15 @@ pub enum Command {
         database_url: Option<String>,
         #[command(subcommand)]
         action: OutboxAction,
+    },
+    /// Delete audit rows, sent outbox rows and ingestions older than an age (at least
+    /// 1 day); needs the database owner's URL, prints the counts as JSON.
+    Prune {
+        /// Age like `90d`, `2w` or `36h`.
+        #[arg(long, value_parser = crate::retention::parse_age)]
+        older_than: Duration,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
     },
 }
 
@@ -143,6 +154,10 @@ pub async fn main() -> ExitCode {
             database_url,
             action,
         } => outbox(config, database_url, action).await,
+        Command::Prune {
+            older_than,
+            database_url,
+        } => prune(&database_url, older_than).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +184,23 @@ async fn migrate(database_url: &str) -> anyhow::Result<()> {
         .await?;
     crate::MIGRATOR.run(&pool).await?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn prune(database_url: &str, older_than: Duration) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(database_url)
+        .await?;
+    let counts = crate::retention::prune(&pool, older_than).await?;
+    println!("{}", serde_json::to_string(&counts)?);
+    tracing::info!(
+        outbox_deleted = counts.outbox_deleted,
+        audit_deleted = counts.audit_deleted,
+        ingestions_deleted = counts.ingestions_deleted,
+        "pruned"
+    );
     Ok(())
 }
 

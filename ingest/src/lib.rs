@@ -15,6 +15,7 @@ pub mod protect;
 pub mod ratelimit;
 pub mod relay;
 pub mod report;
+pub mod retention;
 pub mod server;
 pub mod signature;
 pub mod store;
