@@ -299,3 +299,71 @@ async fn a_tenant_login_cannot_prune_nor_delete_or_update_audit_rows(pool: PgPoo
     assert_eq!(grantees, 0);
     login.drop_role(&pool).await;
 }
+
+/// `anchorpipe-ingest prune` as the CronJob runs it: the owner gets the counts as
+/// JSON, a tenant login a non-zero exit and an error naming the owner's URL.
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn the_prune_subcommand_prints_counts_for_the_owner_and_refuses_a_tenant_login(pool: PgPool) {
+    ingestion(&pool, 100, Some(true)).await;
+    let login = Login::create(&pool).await;
+    let options = pool.connect_options();
+    let url = |user: &str, password: &str| {
+        format!(
+            "postgres://{user}:{password}@{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap()
+        )
+    };
+    let run = |database_url: String, age: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"))
+            .args(["prune", "--older-than", age])
+            .env("DATABASE_URL", database_url)
+            .output()
+            .unwrap()
+    };
+
+    let denied = run(url(&login.name, "pw"), "90d");
+    assert!(!denied.status.success());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("database owner"), "{stderr}");
+    assert_eq!(counts(&pool).await, (1, 1, 1));
+
+    // The owner's URL (the test's DATABASE_URL) pointed at this test's database.
+    let owner_url = std::env::var("DATABASE_URL").unwrap();
+    let owner_url = format!(
+        "{}/{}",
+        owner_url
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit_once('/')
+            .unwrap()
+            .0,
+        options.get_database().unwrap()
+    );
+    let too_short = run(owner_url.clone(), "12h");
+    assert!(!too_short.status.success());
+    assert!(String::from_utf8_lossy(&too_short.stderr).contains("floor"));
+
+    let done = run(owner_url, "90d");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_str(
+        // The counts are the first line; the log (also on stdout) follows.
+        String::from_utf8_lossy(&done.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        printed,
+        serde_json::json!({"outbox_deleted": 1, "audit_deleted": 1, "ingestions_deleted": 1})
+    );
+    assert_eq!(counts(&pool).await, (0, 0, 0));
+    login.drop_role(&pool).await;
+}
