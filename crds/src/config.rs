@@ -124,6 +124,11 @@ impl Default for ProtectionConfig {
     }
 }
 
+/// Whether `text` is an IP address or a CIDR range (a `trustedProxies` entry).
+pub fn is_ip_or_cidr(text: &str) -> bool {
+    text.parse::<ipnet::IpNet>().is_ok() || text.parse::<std::net::IpAddr>().is_ok()
+}
+
 impl ProtectionConfig {
     /// The per-source share of the in-flight budget for `limits`.
     pub fn per_source_bytes(&self, limits: &LimitsConfig) -> u64 {
@@ -527,7 +532,7 @@ impl IngestConfig {
             );
         }
         for (i, cidr) in p.trusted_proxies.iter().enumerate() {
-            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            if !is_ip_or_cidr(cidr) {
                 return Err(ConfigError::Invalid {
                     field: "protection.trustedProxies",
                     message: format!("entry {i} `{cidr}` is not a CIDR or IP address"),

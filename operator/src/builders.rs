@@ -86,6 +86,10 @@ pub struct Settings {
     pub ingest_image: String,
     /// Further images an endpoint may choose with `spec.image`.
     pub allowed_ingest_images: Vec<String>,
+    /// Proxies (IPs or CIDR ranges) in front of the ingest pods, such as the ingress
+    /// controller, whose `X-Forwarded-For`/`Forwarded` the pods believe; written into
+    /// every tenant's config.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Settings {
@@ -602,6 +606,7 @@ mod tests {
         Settings {
             ingest_image: "anchorpipe-ingest:test".into(),
             allowed_ingest_images: vec!["anchorpipe-ingest:next".into()],
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -48,6 +48,17 @@ struct RunArgs {
         num_args = 0..
     )]
     allowed_ingest_images: Vec<String>,
+    /// Proxies in front of the ingest pods (IPs or CIDR ranges, comma-separated), such as
+    /// the ingress controller: the pods believe their `X-Forwarded-For` and `Forwarded`
+    /// headers, and no one else's.
+    #[arg(
+        long,
+        env = "ANCHORPIPE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        num_args = 0..,
+        value_parser = trusted_proxy
+    )]
+    trusted_proxies: Vec<String>,
     /// Broker URL (administrator) the operator declares tenant topology through.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
@@ -98,6 +109,15 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+fn trusted_proxy(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || anchorpipe_crds::config::is_ip_or_cidr(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is not an IP address or CIDR range"))
+    }
+}
+
 fn random_identity() -> String {
     use rand::TryRngCore;
     let mut bytes = [0u8; 4];
@@ -137,6 +157,11 @@ fn main() -> ExitCode {
                         .allowed_ingest_images
                         .into_iter()
                         .filter(|i| !i.is_empty())
+                        .collect(),
+                    trusted_proxies: args
+                        .trusted_proxies
+                        .into_iter()
+                        .filter(|p| !p.is_empty())
                         .collect(),
                 },
                 amqp_url: args.amqp_url,

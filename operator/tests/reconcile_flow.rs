@@ -109,6 +109,7 @@ impl Harness {
             Settings {
                 ingest_image: "anchorpipe-ingest:test".into(),
                 allowed_ingest_images: vec!["anchorpipe-ingest:canary".into()],
+                trusted_proxies: vec!["10.42.0.0/16".into()],
             },
             broker.clone(),
             accounts.clone(),
@@ -330,6 +331,10 @@ async fn create_builds_every_object_and_becomes_ready() {
     assert_eq!(h.key_ids().len(), 1);
     assert_eq!(h.config()["tenant"], TENANT);
     assert_eq!(h.config()["repositories"], json!([REPO]));
+    assert_eq!(
+        h.config()["protection"]["trustedProxies"],
+        json!(["10.42.0.0/16"])
+    );
     assert_eq!(
         h.config()["rateLimit"]["perEndpoint"]["requestsPerMinute"],
         300

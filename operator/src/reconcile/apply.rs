@@ -29,6 +29,7 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
             return Err(Error::ImageNotAllowed(message));
         }
     };
+    config.protection.trusted_proxies = ctx.settings.trusted_proxies.clone();
     let tenant = config.tenant.clone();
 
     // 2. Claims: the tenant id, then each repository. A second claimant of the tenant id
