@@ -277,9 +277,9 @@ impl Attackers {
         }
         let mut sink = [0u8; 4096];
         while !self.stopped() {
-            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
-                Ok(Ok(0) | Err(_)) => return,
-                Ok(Ok(_)) | Err(_) => {}
+            let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                return;
             }
         }
     }
@@ -438,8 +438,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
         .await?;
     matrix::declare(&settings.amqp_url, &config.broker).await?;
     let ready_client = load::client(4);
-    let mut service =
-        Ingest::start(&matrix_settings, &dir, "ingest-attack", &database_url, false).await?;
+    let mut service = Ingest::start(
+        &matrix_settings,
+        &dir,
+        "ingest-attack",
+        &database_url,
+        false,
+    )
+    .await?;
     service.wait_ready(&ready_client).await?;
     let port: u16 = service
         .base
@@ -528,6 +534,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             peak.unwrap_or(0.0),
             phase.audit_rows
         ));
+        if let Some(baseline) = phases.first()
+            && attack.is_some()
+        {
+            let v = verdict(baseline, &phase);
+            progress(&format!(
+                "  {label}: p99 {:.2} × baseline; targets {}",
+                v.p99_factor,
+                if v.met() { "met" } else { "missed" }
+            ));
+        }
         phases.push(phase);
     }
     service.stop().await;

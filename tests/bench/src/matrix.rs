@@ -278,7 +278,10 @@ async fn purge(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub(crate) async fn delete_topology(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
+pub(crate) async fn delete_topology(
+    amqp_url: &str,
+    topology: &BrokerTopology,
+) -> anyhow::Result<()> {
     let (connection, channel) = broker_channel(amqp_url).await?;
     anchorpipe_crds::topology::delete(&channel, topology).await?;
     let _ = connection.close(200, "deleted".into()).await;
