@@ -438,45 +438,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
         .await?;
     matrix::declare(&settings.amqp_url, &config.broker).await?;
     let ready_client = load::client(4);
-    let mut service = Ingest::start(
-        &matrix_settings,
-        &dir,
-        "ingest-attack",
-        &database_url,
-        false,
-    )
-    .await?;
-    service.wait_ready(&ready_client).await?;
-    let port: u16 = service
-        .base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("ingest port")?;
     // A new connection per legitimate request: a CI job posts once.
     let client = load::client(0);
     let template = Arc::new(Template::new(repo, Size::Small.tests(), 300));
-    // Warm the pod (pools, allocator) before the baseline.
-    load::run(
-        &client,
-        &Target {
-            url: service.url()?,
-            secret: Arc::from(SECRET),
-            template: Arc::clone(&template),
-            run_prefix: "warm".to_owned(),
-        },
-        Mode::Rate(settings.rate),
-        Stop::Duration(Duration::from_secs(3)),
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-
     let mut phases = Vec::new();
     let plan: Vec<Option<Attack>> = std::iter::once(None)
         .chain(Attack::ALL.into_iter().map(Some))
         .collect();
     for attack in plan {
         let label = attack.map_or("baseline", Attack::name);
+        // A fresh pod per phase, so one attack's failure windows and leftovers do not
+        // leak into the next.
+        let mut service = Ingest::start(
+            &matrix_settings,
+            &dir,
+            "ingest-attack",
+            &database_url,
+            false,
+        )
+        .await?;
+        service.wait_ready(&ready_client).await?;
+        let port: u16 = service
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("ingest port")?;
+        load::run(
+            &client,
+            &Target {
+                url: service.url()?,
+                secret: Arc::from(SECRET),
+                template: Arc::clone(&template),
+                run_prefix: format!("warm-{}", label.replace(' ', "-")),
+            },
+            Mode::Rate(settings.rate),
+            Stop::Duration(Duration::from_secs(2)),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let rows_before = audit_rows(&pool).await?;
         procstat::reset_peak(service.pid);
         let attackers = Attackers {
@@ -495,17 +495,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             template: Arc::clone(&template),
             run_prefix: format!("legit-{}", label.replace(' ', "-")),
         };
-        let outcome: Outcome = load::run(
-            &client,
-            &target,
-            Mode::Rate(settings.rate),
-            Stop::Duration(settings.duration),
-        )
-        .await?;
-        attackers.stop.store(true, Ordering::Relaxed);
-        for task in tasks {
-            task.abort();
-        }
+        // The attack ends with the phase, whether or not every legitimate request has
+        // been answered by then (a stalled pod must not stretch the phase).
+        let stopper = {
+            let (stop, duration) = (Arc::clone(&attackers.stop), settings.duration);
+            async move {
+                tokio::time::sleep(duration).await;
+                stop.store(true, Ordering::Relaxed);
+                for task in tasks {
+                    task.abort();
+                }
+            }
+        };
+        let (outcome, ()) = tokio::join!(
+            load::run(
+                &client,
+                &target,
+                Mode::Rate(settings.rate),
+                Stop::Duration(settings.duration),
+            ),
+            stopper
+        );
+        let outcome: Outcome = outcome?;
         let peak = procstat::peak_rss_mib(service.pid);
         // One audit flush interval (5 s) plus margin, so the phase's rows are written;
         // also lets the pod close what the attack left.
@@ -545,8 +556,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             ));
         }
         phases.push(phase);
+        service.stop().await;
     }
-    service.stop().await;
     pool.close().await;
     let _ = matrix::delete_topology(&settings.amqp_url, &config.broker).await;
 
