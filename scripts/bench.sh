@@ -5,6 +5,9 @@
 #
 #   scripts/bench.sh                    the full matrix (~4.5 min of measuring on 2 cores, plus the build)
 #   scripts/bench.sh --duration 2       shorter points; any anchorpipe-bench `run` flag works
+#   scripts/bench.sh --attack           the under-attack scenario of issue 10 instead (writes
+#                                       tests/bench/ATTACK.md); any `attack` flag can follow,
+#                                       e.g. --rate 100 --duration 30
 #
 # The load generator runs on the same machine as the services, as a CI runner next to
 # a small cluster would; its own CPU use is reported per point.
@@ -33,6 +36,15 @@ eval "$(scripts/services.sh env)"
 
 log "building release binaries (anchorpipe-ingest, anchorpipe-bench)"
 cargo build --release --locked -p anchorpipe-ingest -p anchorpipe-bench
+
+if [ "${1:-}" = "--attack" ]; then
+    shift
+    log "load average before the attack run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exec target/release/anchorpipe-bench attack \
+        --ingest-bin target/release/anchorpipe-ingest \
+        --out-dir tests/bench \
+        "$@"
+fi
 
 perf_flag=()
 if command -v perf >/dev/null 2>&1 && perf stat -e task-clock true >/dev/null 2>&1; then

@@ -25,6 +25,9 @@ use crate::report::{Template, signed};
 /// Highest latency the histograms track: one minute, in microseconds.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
+/// A request without an answer after this long is counted as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// In-flight cap of the open-loop mode: past it requests wait (and that wait counts as
 /// latency), so a collapsing server cannot make the generator open unbounded sockets.
 const MAX_OPEN_LOOP_IN_FLIGHT: usize = 512;
@@ -161,15 +164,17 @@ async fn send_one(
     let Ok(request) = request else {
         return (Err(()), sent);
     };
-    let answer = match client.request(request).await {
-        Ok(response) => {
+    // A request unanswered after REQUEST_TIMEOUT counts as an error, so one stuck
+    // connection cannot hold a run open forever.
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => {
             let status = response.status().as_u16();
             match response.into_body().collect().await {
                 Ok(collected) => Ok((status, collected.to_bytes().len() as u64)),
                 Err(_) => Err(()),
             }
         }
-        Err(_) => Err(()),
+        _ => Err(()),
     };
     (answer, sent)
 }

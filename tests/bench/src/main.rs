@@ -4,7 +4,10 @@
 //!   `RESULTS.md` and `throughput.png` (what `scripts/bench.sh` calls).
 //! - `load`: one load against an ingest service that is already running.
 //! - `parser`: the report parser alone, new against previous (time, peak heap).
+//! - `attack`: legitimate traffic at a fixed rate, alone and beside each attack of
+//!   issue 10; writes `ATTACK.md` (linked from `RESULTS.md`).
 
+mod attack;
 mod chart;
 mod limits;
 mod load;
@@ -43,6 +46,31 @@ enum Command {
     Load(LoadArgs),
     /// Time and peak heap of the report parser, new against previous, in this process.
     Parser,
+    /// Legitimate traffic alone, then beside each attack of issue 10; writes ATTACK.md.
+    Attack(AttackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AttackArgs {
+    /// The release `anchorpipe-ingest` binary to attack.
+    #[arg(long)]
+    ingest_bin: PathBuf,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// Where ATTACK.md goes.
+    #[arg(long, default_value = "tests/bench")]
+    out_dir: PathBuf,
+    /// Scratch directory for config, keys and logs.
+    #[arg(long, default_value = "/tmp/anchorpipe-bench-attack")]
+    work_dir: PathBuf,
+    /// Legitimate signed small reports per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of the baseline and of each attack.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Load(args) => one_load(args).await,
+            Command::Attack(args) => under_attack(args).await,
             Command::Parser => Ok(()),
         }
     })
@@ -148,6 +177,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let png_path = args.out_dir.join("throughput.png");
     chart::draw(&results, &png_path)?;
     println!("wrote {} and {}", md_path.display(), png_path.display());
+    Ok(())
+}
+
+async fn under_attack(args: AttackArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let settings = attack::Settings {
+        ingest_bin: args.ingest_bin,
+        database_url: args.database_url,
+        amqp_url: args.amqp_url,
+        work_dir: args.work_dir,
+        out_dir: args.out_dir,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+    };
+    attack::run(settings).await?;
     Ok(())
 }
 

@@ -144,7 +144,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    async fn start(
+    pub(crate) async fn start(
         settings: &Settings,
         dir: &Path,
         name: &str,
@@ -192,7 +192,7 @@ impl Ingest {
         })
     }
 
-    async fn wait_ready(&mut self, client: &HttpClient) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self, client: &HttpClient) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url: http::Uri = format!("{}/readyz", self.base).parse()?;
         loop {
@@ -214,7 +214,7 @@ impl Ingest {
         Ok(format!("{}/api/ingestion", self.base).parse()?)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -227,7 +227,7 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     Ok(format!("{}/{database}", &url[..cut]))
 }
 
-async fn fresh_database(settings: &Settings) -> anyhow::Result<String> {
+pub(crate) async fn fresh_database(settings: &Settings) -> anyhow::Result<String> {
     let mut admin = sqlx::PgConnection::connect(&settings.database_url)
         .await
         .context("connecting to PostgreSQL (is scripts/services.sh up?)")?;
@@ -256,7 +256,7 @@ async fn broker_channel(amqp_url: &str) -> anyhow::Result<(lapin::Connection, la
     Ok((connection, channel))
 }
 
-async fn declare(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
+pub(crate) async fn declare(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
     let (connection, channel) = broker_channel(amqp_url).await?;
     // A previous run that was interrupted may have left its queues; start empty.
     let _ = anchorpipe_crds::topology::delete(&channel, topology).await;
@@ -278,7 +278,10 @@ async fn purge(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn delete_topology(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
+pub(crate) async fn delete_topology(
+    amqp_url: &str,
+    topology: &BrokerTopology,
+) -> anyhow::Result<()> {
     let (connection, channel) = broker_channel(amqp_url).await?;
     anchorpipe_crds::topology::delete(&channel, topology).await?;
     let _ = connection.close(200, "deleted".into()).await;
@@ -304,7 +307,7 @@ async fn drain(pool: &PgPool, tenant: &str) -> anyhow::Result<Duration> {
     }
 }
 
-fn progress(line: &str) {
+pub(crate) fn progress(line: &str) {
     println!("[bench {}] {line}", chrono::Local::now().format("%H:%M:%S"));
 }
 

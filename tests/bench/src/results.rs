@@ -69,6 +69,11 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
         results.started.format("%Y-%m-%d %H:%M"),
         (results.finished - results.started).num_milliseconds() as f64 / 1000.0
     );
+    let _ = writeln!(
+        out,
+        "Under attack (issue 10): [`ATTACK.md`](ATTACK.md), written by `scripts/bench.sh --attack` \
+         (`anchorpipe-bench attack`); this command does not rewrite it.\n"
+    );
     let _ = writeln!(out, "## Machine and versions\n\n| | |\n|---|---|");
     for (key, value) in &results.environment {
         let _ = writeln!(out, "| {key} | {value} |");
