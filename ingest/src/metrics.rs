@@ -45,6 +45,7 @@ pub struct Metrics {
     pub audit_folded: Counter,
     pub connections_open: Gauge,
     pub connections_closed_idle: Counter,
+    pub connections_evicted: Counter,
     pub outbox_parked: Gauge,
     pub outbox_parked_rows: Counter,
     pub outbox_confirm_timeouts: Counter,
@@ -147,6 +148,12 @@ impl Metrics {
             "Connections closed for idling or for not sending a request head in time",
             connections_closed_idle.clone(),
         );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Connections without a request in progress closed to make room at the connection cap",
+            connections_evicted.clone(),
+        );
         let outbox_parked = Gauge::default();
         registry.register(
             "outbox_parked",
@@ -183,6 +190,7 @@ impl Metrics {
             audit_folded,
             connections_open,
             connections_closed_idle,
+            connections_evicted,
             outbox_parked,
             outbox_parked_rows,
             outbox_confirm_timeouts,

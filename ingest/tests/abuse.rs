@@ -255,6 +255,41 @@ async fn half_sent_request_lines_are_closed_and_connections_capped(pool: PgPool)
     eprintln!("50 half-sent requests all closed after {elapsed:?} (before: open after 40 s)");
 }
 
+/// Row 3 / item 3, past the cap: half-sent heads held open longer than the header
+/// timeout, more of them than the cap, never make the CI wait for a place (before: a
+/// new connection waited in the listen backlog until a header timeout freed a slot).
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn slowloris_past_the_cap_gives_way_to_new_connections(pool: PgPool) {
+    let mut config = tenant_config();
+    config.protection.header_read_timeout_ms = 30_000;
+    config.protection.max_connections = 20;
+    let repo = config.repositories[0];
+    let pod = Pod::start(&pool, &config, false).await;
+    let mut half = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(("127.0.0.1", pod.port())).await.unwrap();
+        stream.write_all(b"POST /api/ing").await.unwrap();
+        half.push(stream);
+    }
+    for i in 0..5 {
+        pod.legit(repo, &format!("past-cap-{i}"), None, Duration::from_secs(2))
+            .await;
+    }
+    let evicted = pod.metric("connections_evicted_total").await;
+    assert!(evicted >= 30.0, "evicted {evicted}");
+    let open = pod.metric("connections_open").await;
+    assert!(open <= 20.0, "open {open}");
+    // The oldest half-sent heads were the ones closed.
+    let mut closed = 0;
+    for stream in half.iter_mut().take(30) {
+        if closed_within(stream, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 30, "closed {closed} of the 30 oldest");
+    eprintln!("50 half-sent heads beside a cap of 20: {evicted} evicted, 5 reports 200 within 2 s");
+}
+
 /// Item 3: an idle keep-alive connection is closed; a request dragged out byte by byte
 /// meets the whole-request deadline.
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
