@@ -4,10 +4,14 @@
 //! - [`ClientAddress`]: the peer address, or the forwarded client address when (and
 //!   only when) the peer is a configured trusted proxy.
 //! - [`FailureGuard`]: counts failed signature checks per source and per endpoint in
-//!   fixed one-minute windows. Past either allowance a request is *not refused*: it is
-//!   sent through a narrow lane (`unverifiedConcurrency` requests at once) for its body
-//!   read and verification, so a flood costs the pod a constant amount of concurrent
-//!   work while a correctly signed report still gets its normal answer.
+//!   fixed one-minute windows. Past either allowance a request is *not refused*; its body
+//!   read and verification are queued instead, so a flood costs the pod a bounded amount
+//!   of concurrent work while a correctly signed report still gets its normal answer.
+//!   A source past its own allowance shares one narrow lane (`unverifiedConcurrency`
+//!   requests at once) with every other such source; while only the endpoint-wide
+//!   allowance is exceeded, every other source verifies one request at a time in a lane
+//!   of its own, so stalled bodies from the flooding sources cannot hold the place of
+//!   a source that has not failed.
 //! - [`SourceBudget`]: body bytes held per source, so one source cannot take more than
 //!   its share of the pod-wide in-flight budget.
 //!
@@ -169,13 +173,26 @@ impl Window {
     }
 }
 
-/// Decides which requests verify through the narrow lane.
+/// Which lane a request's body read and verification go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// No recent failures: no queueing.
+    Open,
+    /// The endpoint is flooded but this source has not failed: one request at a time
+    /// per source.
+    OwnSource,
+    /// This source keeps failing: the narrow lane all such sources share.
+    Narrow,
+}
+
+/// Decides which requests verify through which lane.
 pub struct FailureGuard {
     per_source_allowance: u32,
     per_endpoint_allowance: u32,
     sources: Mutex<HashMap<IpAddr, Window>>,
     endpoint: Mutex<Window>,
     lane: Arc<Semaphore>,
+    own_lanes: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
 impl FailureGuard {
@@ -192,24 +209,52 @@ impl FailureGuard {
             lane: Arc::new(Semaphore::new(
                 usize::try_from(config.unverified_concurrency).unwrap_or(1),
             )),
+            own_lanes: Mutex::default(),
         }
     }
 
-    /// Whether requests from `source` should go through the narrow lane now.
-    pub fn suspect(&self, source: IpAddr) -> bool {
+    /// The lane requests from `source` go through now.
+    pub fn lane(&self, source: IpAddr) -> Lane {
         let now = Instant::now();
-        if lock(&self.endpoint).current(now).failures >= self.per_endpoint_allowance {
-            return true;
-        }
-        let mut sources = lock(&self.sources);
-        sources
+        let source_failing = lock(&self.sources)
             .get_mut(&source)
-            .is_some_and(|w| w.current(now).failures >= self.per_source_allowance)
+            .is_some_and(|w| w.current(now).failures >= self.per_source_allowance);
+        if source_failing {
+            return Lane::Narrow;
+        }
+        if lock(&self.endpoint).current(now).failures >= self.per_endpoint_allowance {
+            return Lane::OwnSource;
+        }
+        Lane::Open
     }
 
-    /// Waits for a place in the narrow lane; held while the body is read and verified.
-    pub async fn enter_lane(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.lane).acquire_owned().await.ok()
+    /// Waits for a place in `lane` (none for [`Lane::Open`]); held while the body is
+    /// read and verified.
+    pub async fn enter(&self, lane: Lane, source: IpAddr) -> Option<OwnedSemaphorePermit> {
+        let semaphore = match lane {
+            Lane::Open => return None,
+            Lane::Narrow => Arc::clone(&self.lane),
+            Lane::OwnSource => self.own_lane(source),
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// The one-place lane of `source`; the shared narrow lane once [`MAX_SOURCES`]
+    /// sources are queued at the same time.
+    fn own_lane(&self, source: IpAddr) -> Arc<Semaphore> {
+        let mut lanes = lock(&self.own_lanes);
+        if !lanes.contains_key(&source) && lanes.len() >= MAX_SOURCES {
+            // Lanes nobody holds or waits for are only kept by this map.
+            lanes.retain(|_, lane| Arc::strong_count(lane) > 1);
+            if lanes.len() >= MAX_SOURCES {
+                return Arc::clone(&self.lane);
+            }
+        }
+        Arc::clone(
+            lanes
+                .entry(source)
+                .or_insert_with(|| Arc::new(Semaphore::new(1))),
+        )
     }
 
     /// Counts one failed verification from `source`.
@@ -363,18 +408,24 @@ mod tests {
         let guard = FailureGuard::new(&config);
         let stranger = ip("203.0.113.1");
         for _ in 0..3 {
-            assert!(!guard.suspect(stranger));
+            assert_eq!(guard.lane(stranger), Lane::Open);
             guard.record_failure(stranger);
         }
-        assert!(guard.suspect(stranger));
-        assert!(
-            !guard.suspect(ip("198.51.100.2")),
+        assert_eq!(guard.lane(stranger), Lane::Narrow);
+        assert_eq!(
+            guard.lane(ip("198.51.100.2")),
+            Lane::Open,
             "other sources unaffected"
         );
         for i in 0..7u8 {
             guard.record_failure(IpAddr::from([192, 0, 2, i]));
         }
-        assert!(guard.suspect(ip("198.51.100.2")), "endpoint-wide flood");
+        assert_eq!(
+            guard.lane(ip("198.51.100.2")),
+            Lane::OwnSource,
+            "endpoint-wide flood"
+        );
+        assert_eq!(guard.lane(stranger), Lane::Narrow);
         // A minute later the windows start again from zero.
         {
             let mut endpoint = lock(&guard.endpoint);
@@ -385,8 +436,35 @@ mod tests {
             }
         }
         guard.record_failure(stranger);
-        assert!(!guard.suspect(stranger));
+        assert_eq!(guard.lane(stranger), Lane::Open);
         assert_eq!(lock(&guard.endpoint).failures, 1);
+    }
+
+    #[tokio::test]
+    async fn a_flooded_endpoint_queues_each_clean_source_on_its_own() {
+        let config = ProtectionConfig {
+            unverified_concurrency: 1,
+            ..ProtectionConfig::default()
+        };
+        let guard = FailureGuard::new(&config);
+        let (attacker, ci) = (ip("203.0.113.1"), ip("198.51.100.2"));
+        // The attacker's stalled bodies hold the narrow lane and its own.
+        let _narrow = guard.enter(Lane::Narrow, attacker).await;
+        let _own = guard.enter(Lane::OwnSource, attacker).await;
+        // The CI's place is its own: not behind either.
+        let ci_place =
+            tokio::time::timeout(Duration::from_secs(1), guard.enter(Lane::OwnSource, ci))
+                .await
+                .expect("the CI waited behind another source");
+        assert!(ci_place.is_some());
+        // A second request of the same source waits for the first.
+        let second =
+            tokio::time::timeout(Duration::from_millis(100), guard.enter(Lane::OwnSource, ci))
+                .await;
+        assert!(second.is_err(), "one at a time per source");
+        drop(ci_place);
+        assert!(guard.enter(Lane::OwnSource, ci).await.is_some());
+        assert!(guard.enter(Lane::Open, ci).await.is_none());
     }
 
     #[test]

@@ -223,6 +223,57 @@ async fn declared_but_unsent_bodies_hold_no_budget_and_are_answered_408(pool: Pg
     assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB");
 }
 
+/// Rows 1 and 2 combined: a stranger floods forged signatures until the whole endpoint
+/// is past its allowance, then holds stalled bodies. Before: everyone's requests shared
+/// the two-place lane the stalled bodies held, so the CI waited for the stall timeout.
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn a_flood_with_stalled_bodies_does_not_hold_the_cis_place(pool: PgPool) {
+    let mut config = tenant_config();
+    config.protection.failed_signatures_per_endpoint_per_minute = 10;
+    config.protection.body_stall_timeout_ms = 20_000;
+    let repo = config.repositories[0];
+    let pod = Pod::start(&pool, &config, false).await;
+    let stranger = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket
+            .connect(format!("127.0.0.1:{}", pod.port()).parse().unwrap())
+            .await
+            .unwrap()
+    };
+    let forged = report(repo, "forged");
+    for _ in 0..20 {
+        let mut stream = stranger().await;
+        stream
+            .write_all(&request(repo, "00", &forged, None))
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut stream).await.0, 401);
+    }
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let mut stream = stranger().await;
+        let head = format!(
+            "POST /api/ingestion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {repo}\r\n\
+             X-FR-Sig: 00\r\nContent-Length: 1000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        holders.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        pod.legit(
+            repo,
+            &format!("beside-flood-{i}"),
+            None,
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+    assert!(pod.metric("unverified_lane_total").await >= 3.0);
+    drop(holders);
+}
+
 /// Row 3 / item 3. Before: 50 connections that sent half a request line were all still
 /// open after 40 s (no header timeout, no idle timeout, no cap).
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
