@@ -477,7 +477,7 @@ async fn handle(
         let (claim, keys, bytes) = (claim.clone(), Arc::clone(&keys), bytes.clone());
         let verify = move || signature::verify(&claim, &keys, &bytes).map(str::to_owned);
         if blocking {
-            tokio::task::spawn_blocking(verify)
+            crate::bulk::run(verify)
                 .await
                 .map_err(|_| ApiError::Internal("verification task failed"))?
         } else {
@@ -532,7 +532,7 @@ async fn handle(
         let bytes = json.clone();
         let parse = move || parse_and_validate(&state.validator, &bytes);
         if blocking {
-            tokio::task::spawn_blocking(parse)
+            crate::bulk::run(parse)
                 .await
                 .map_err(|_| ApiError::Internal("validation task failed"))?
         } else {
@@ -605,7 +605,7 @@ async fn convert_xml(
     let body = bytes.clone();
     let convert = move || xml::to_report(&body, repo_id, &fields, max_tests, chrono::Utc::now());
     let json = if blocking {
-        tokio::task::spawn_blocking(convert)
+        crate::bulk::run(convert)
             .await
             .map_err(|_| ApiError::Internal("conversion task failed"))?
     } else {

@@ -6,6 +6,7 @@
 //! to RabbitMQ.
 
 pub mod audit;
+pub mod bulk;
 pub mod cli;
 pub mod http;
 pub mod key_usage;

@@ -111,6 +111,9 @@ pub struct Phase {
     pub peak_rss_mib: Option<f64>,
     /// Audit rows other than the legitimate reports' `accepted` ones.
     pub audit_rows: i64,
+    /// Cores the pod, and this process (legitimate client and attackers), kept busy.
+    pub pod_cores: f64,
+    pub client_cores: f64,
 }
 
 impl Phase {
@@ -159,9 +162,9 @@ fn met(ok: bool) -> &'static str {
 pub fn table(rate: f64, phases: &[Phase]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "| phase | attack requests | legit sent | legit 200 | success % | p50 ms | p99 ms | p99 ÷ baseline | success ≥ 99.9 % | p99 ≤ 3 × | pod peak RSS MiB | audit rows | legit statuses ({rate:.0}/s) |\n"
+        "| phase | attack requests | legit sent | legit 200 | success % | p50 ms | p99 ms | p99 ÷ baseline | success ≥ 99.9 % | p99 ≤ 3 × | pod peak RSS MiB | audit rows | pod CPU cores | client CPU cores | legit statuses ({rate:.0}/s) |\n"
     ));
-    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|---|\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|--:|--:|---|\n");
     let baseline = phases.iter().find(|p| p.attack.is_none());
     for phase in phases {
         let name = phase.attack.map_or("baseline (no attack)", Attack::name);
@@ -178,7 +181,7 @@ pub fn table(rate: f64, phases: &[Phase]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {factor} | {success} | {p99} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {factor} | {success} | {p99} | {} | {} | {:.2} | {:.2} | {} |",
             phase.attack_requests,
             phase.sent,
             phase.ok,
@@ -189,6 +192,8 @@ pub fn table(rate: f64, phases: &[Phase]) -> String {
                 .peak_rss_mib
                 .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")),
             phase.audit_rows,
+            phase.pod_cores,
+            phase.client_cores,
             phase.statuses,
         );
     }
@@ -479,6 +484,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rows_before = audit_rows(&pool).await?;
         procstat::reset_peak(service.pid);
+        let cpu_before = procstat::snapshot(&[service.pid]);
+        let phase_started = std::time::Instant::now();
         let attackers = Attackers {
             port,
             stop: Arc::new(AtomicBool::new(false)),
@@ -517,6 +524,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             stopper
         );
         let outcome: Outcome = outcome?;
+        let cpu = procstat::snapshot(&[service.pid])
+            .since(&cpu_before, phase_started.elapsed().as_secs_f64());
         let peak = procstat::peak_rss_mib(service.pid);
         // One audit flush interval (5 s) plus margin, so the phase's rows are written;
         // also lets the pod close what the attack left.
@@ -533,9 +542,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             statuses: outcome.status_summary(),
             peak_rss_mib: peak,
             audit_rows: rows,
+            pod_cores: cpu.get(procstat::Group::Ingest),
+            client_cores: cpu.get(procstat::Group::LoadGenerator),
         };
         progress(&format!(
-            "  {label}: {} attack requests; legit {:.2} % of {} ok, p50 {:.1} ms, p99 {:.1} ms [{}]; peak RSS {:.0} MiB; {} audit rows",
+            "  {label}: {} attack requests; legit {:.2} % of {} ok, p50 {:.1} ms, p99 {:.1} ms [{}]; peak RSS {:.0} MiB; {} audit rows; cores: {}",
             phase.attack_requests,
             phase.success_percent(),
             phase.sent,
@@ -543,7 +554,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
             phase.p99_ms,
             phase.statuses,
             peak.unwrap_or(0.0),
-            phase.audit_rows
+            phase.audit_rows,
+            cpu.summary()
         ));
         if let Some(baseline) = phases.first()
             && attack.is_some()
@@ -613,6 +625,8 @@ mod tests {
             statuses: format!("200×{ok}"),
             peak_rss_mib: Some(30.0),
             audit_rows: 1,
+            pod_cores: 0.5,
+            client_cores: 0.5,
         }
     }
 
@@ -656,7 +670,7 @@ mod tests {
         assert!(lines[4].contains("| 66.67 |"), "{}", lines[4]);
         assert!(lines[4].contains("| 5.00 | **missed** | **missed** |"));
         for line in &lines {
-            assert_eq!(line.matches('|').count(), 14, "{line}");
+            assert_eq!(line.matches('|').count(), 16, "{line}");
         }
     }
 
