@@ -401,14 +401,15 @@ async fn ingest(State(state): State<Arc<AppState>>, request: Request) -> Respons
     };
     let elapsed = started.elapsed();
     state.metrics.observe(outcome, elapsed.as_secs_f64());
-    tracing::info!(
-        tenant = %state.config.tenant,
-        request_id = %meta.request_id,
-        outcome,
-        status = response.status().as_u16(),
-        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-        "ingestion request"
-    );
+    let status = response.status().as_u16();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    if outcome == "unauthorized" {
+        // Strangers choose how many of these there are: a line each would let them fill
+        // the log. The (bounded) audit trail and `auth_failures_total` count them.
+        tracing::debug!(tenant = %state.config.tenant, request_id = %meta.request_id, outcome, status, elapsed_ms, "ingestion request");
+    } else {
+        tracing::info!(tenant = %state.config.tenant, request_id = %meta.request_id, outcome, status, elapsed_ms, "ingestion request");
+    }
     response
 }
 
