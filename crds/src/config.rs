@@ -67,8 +67,9 @@ pub struct ProtectionConfig {
     /// is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
-    /// Open client connections this pod serves at once; further ones wait in the
-    /// listen backlog until one closes.
+    /// Open client connections this pod serves at once. At the cap a new connection
+    /// takes the place of the one that has waited longest with no request in progress;
+    /// only when every connection is mid-request do new ones wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Seconds one request may take from its first byte to its answer; answered 408
@@ -100,6 +101,17 @@ pub struct ProtectionConfig {
     /// the peer address is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Milliseconds a refusal (401) to a source past its failure allowance
+    /// ([`Self::failed_signatures_per_source_per_minute`], refusals of any kind counted)
+    /// is held before it is sent. A client that waits for its answers, as a flooding
+    /// script does, is slowed to one request per delay per connection, at the price of a
+    /// timer; 0 turns it off. A correctly signed request is never delayed.
+    #[serde(default = "default_failure_delay_ms")]
+    pub failure_delay_ms: u64,
+    /// Refusals held back at once; past it they are sent at once, so the delay can
+    /// never hold more than this many connections.
+    #[serde(default = "default_max_delayed_failures")]
+    pub max_delayed_failures: u32,
     /// Audit rows that unauthenticated and rate-limited traffic may cause per flush
     /// interval; further events are folded into one row per reason and counted.
     #[serde(default = "default_unauthenticated_audit_rows")]
@@ -119,6 +131,8 @@ impl Default for ProtectionConfig {
             failed_signatures_per_endpoint_per_minute: default_failures_per_endpoint(),
             unverified_concurrency: default_unverified_concurrency(),
             trusted_proxies: Vec::new(),
+            failure_delay_ms: default_failure_delay_ms(),
+            max_delayed_failures: default_max_delayed_failures(),
             max_unauthenticated_audit_rows: default_unauthenticated_audit_rows(),
         }
     }
@@ -135,6 +149,17 @@ impl ProtectionConfig {
         self.max_in_flight_bytes_per_source
             .unwrap_or((limits.max_in_flight_bytes / 2).max(limits.max_body_bytes))
     }
+}
+
+/// One second: long enough to slow a flooding script a thousandfold, short enough that
+/// a misconfigured CI job still fails fast.
+fn default_failure_delay_ms() -> u64 {
+    1000
+}
+
+/// A quarter of the default connection cap.
+fn default_max_delayed_failures() -> u32 {
+    256
 }
 
 /// Ten seconds: a CI client sends its headers in one packet.

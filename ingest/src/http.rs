@@ -382,6 +382,13 @@ async fn ingest(State(state): State<Arc<AppState>>, request: Request) -> Respons
     )
     .await
     .unwrap_or(Err(ApiError::RequestTimeout));
+    if let Err(ApiError::Unauthorized(_)) = &result
+        && let Some((delay, _place)) = state.failures.refusal_delay(client)
+    {
+        // A source that keeps failing waits for its refusals (see `failureDelayMs`).
+        state.metrics.refusals_delayed.inc();
+        tokio::time::sleep(delay).await;
+    }
     let (outcome, response) = match result {
         Ok((stored, decision)) => {
             let outcome = match stored {
@@ -437,8 +444,10 @@ async fn handle(
     }
 
     let keys = state.keys.current();
-    let claim = signature::precheck(headers, config, &keys, unix_now())
-        .map_err(|failure| auth_failed(state, failure, None, meta))?;
+    let claim = signature::precheck(headers, config, &keys, unix_now()).map_err(|failure| {
+        state.failures.record_refusal(client);
+        auth_failed(state, failure, None, meta)
+    })?;
     // Many bad signatures from this source (or everywhere) lately: never refuse, since a
     // stranger knows the repository id as well as its CI does, but read and verify in a
     // lane ([`crate::protect::Lane`]), so a flood costs a bounded amount of concurrent

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed_idle: Counter,
     pub connections_evicted: Counter,
+    pub refusals_delayed: Counter,
     pub outbox_parked: Gauge,
     pub outbox_parked_rows: Counter,
     pub outbox_confirm_timeouts: Counter,
@@ -154,6 +155,12 @@ impl Metrics {
             "Connections without a request in progress closed to make room at the connection cap",
             connections_evicted.clone(),
         );
+        let refusals_delayed = Counter::default();
+        registry.register(
+            "refusals_delayed",
+            "Refusals held back for failureDelayMs because their source kept failing",
+            refusals_delayed.clone(),
+        );
         let outbox_parked = Gauge::default();
         registry.register(
             "outbox_parked",
@@ -191,6 +198,7 @@ impl Metrics {
             connections_open,
             connections_closed_idle,
             connections_evicted,
+            refusals_delayed,
             outbox_parked,
             outbox_parked_rows,
             outbox_confirm_timeouts,

@@ -193,6 +193,8 @@ pub struct FailureGuard {
     endpoint: Mutex<Window>,
     lane: Arc<Semaphore>,
     own_lanes: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    failure_delay: Duration,
+    delayed: Arc<Semaphore>,
 }
 
 impl FailureGuard {
@@ -210,7 +212,22 @@ impl FailureGuard {
                 usize::try_from(config.unverified_concurrency).unwrap_or(1),
             )),
             own_lanes: Mutex::default(),
+            failure_delay: Duration::from_millis(config.failure_delay_ms),
+            delayed: Arc::new(Semaphore::new(
+                usize::try_from(config.max_delayed_failures).unwrap_or(0),
+            )),
         }
+    }
+
+    /// How long to hold a refusal to `source` before sending it, with the place that
+    /// allows it; `None` while the source is within its allowance or too many
+    /// refusals are held already.
+    pub fn refusal_delay(&self, source: IpAddr) -> Option<(Duration, OwnedSemaphorePermit)> {
+        if self.failure_delay.is_zero() || self.lane(source) != Lane::Narrow {
+            return None;
+        }
+        let place = Arc::clone(&self.delayed).try_acquire_owned().ok()?;
+        Some((self.failure_delay, place))
     }
 
     /// The lane requests from `source` go through now.
@@ -267,6 +284,14 @@ impl FailureGuard {
             let window = endpoint.current(now);
             window.failures = window.failures.saturating_add(1);
         }
+        self.record_refusal(source);
+    }
+
+    /// Counts one refusal of `source` that cost no verification (no or a malformed
+    /// token or signature): against the source's allowance only, since the endpoint-wide
+    /// one protects the verification work.
+    pub fn record_refusal(&self, source: IpAddr) {
+        let now = Instant::now();
         let mut sources = lock(&self.sources);
         if !sources.contains_key(&source) && sources.len() >= MAX_SOURCES {
             sources.retain(|_, w| now.duration_since(w.started) < WINDOW);
@@ -438,6 +463,40 @@ mod tests {
         guard.record_failure(stranger);
         assert_eq!(guard.lane(stranger), Lane::Open);
         assert_eq!(lock(&guard.endpoint).failures, 1);
+    }
+
+    #[test]
+    fn refusals_to_a_failing_source_are_delayed_within_a_bound() {
+        let config = ProtectionConfig {
+            failed_signatures_per_source_per_minute: 2,
+            failure_delay_ms: 500,
+            max_delayed_failures: 2,
+            ..ProtectionConfig::default()
+        };
+        let guard = FailureGuard::new(&config);
+        let stranger = ip("203.0.113.1");
+        guard.record_refusal(stranger);
+        assert!(
+            guard.refusal_delay(stranger).is_none(),
+            "within its allowance"
+        );
+        guard.record_refusal(stranger);
+        let first = guard.refusal_delay(stranger).expect("delayed");
+        assert_eq!(first.0, Duration::from_millis(500));
+        let _second = guard.refusal_delay(stranger).expect("delayed");
+        assert!(guard.refusal_delay(stranger).is_none(), "at most 2 held");
+        assert!(guard.refusal_delay(ip("198.51.100.2")).is_none());
+        // Refusals count against the source only, not the endpoint.
+        assert_eq!(lock(&guard.endpoint).failures, 0);
+        drop(first);
+        assert!(guard.refusal_delay(stranger).is_some());
+        let off = FailureGuard::new(&ProtectionConfig {
+            failure_delay_ms: 0,
+            failed_signatures_per_source_per_minute: 1,
+            ..ProtectionConfig::default()
+        });
+        off.record_refusal(stranger);
+        assert!(off.refusal_delay(stranger).is_none());
     }
 
     #[tokio::test]

@@ -139,7 +139,10 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 /// TOO_MANY_FAILED_SIGNATURES for as long as the forgeries continued.
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
 async fn forged_signatures_never_lock_out_the_repositorys_real_ci(pool: PgPool) {
-    let config = tenant_config();
+    let mut config = tenant_config();
+    // A flood at full speed, as from a client that does not wait for its answers; held
+    // refusals have their own test.
+    config.protection.failure_delay_ms = 0;
     let repo = config.repositories[0];
     let pod = Pod::start(&pool, &config, false).await;
     let forged = report(repo, "forged");
@@ -274,6 +277,72 @@ async fn a_flood_with_stalled_bodies_does_not_hold_the_cis_place(pool: PgPool) {
     drop(holders);
 }
 
+/// Rows 1 and 4: a stranger who waits for each answer (as flooding scripts do) is
+/// slowed to one request per `failureDelayMs` per connection once past its allowance,
+/// while the CI from another address is never held.
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn refusals_to_a_flooding_source_are_held_and_the_ci_is_not(pool: PgPool) {
+    let mut config = tenant_config();
+    config.protection.failed_signatures_per_source_per_minute = 10;
+    config.protection.failure_delay_ms = 1000;
+    let repo = config.repositories[0];
+    let pod = Pod::start(&pool, &config, false).await;
+    let port = pod.port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut sent = 0u32;
+                while !stop.is_cancelled() {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    let mut stream = socket
+                        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+                        .await
+                        .unwrap();
+                    stream
+                        .write_all(
+                            b"POST /api/ingestion HTTP/1.1\r\nHost: x\r\n\
+                              Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(read_answer(&mut stream).await.0, 401);
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        pod.legit(
+            repo,
+            &format!("beside-held-{i}"),
+            None,
+            Duration::from_millis(500),
+        )
+        .await;
+        i += 1;
+    }
+    stop.cancel();
+    let mut total = 0;
+    for f in flooders {
+        total += f.await.unwrap();
+    }
+    // 10 within the allowance, then at most one per second per connection (4 × 4 s).
+    assert!(
+        total <= 10 + 4 * 4,
+        "the flood was not slowed: {total} requests"
+    );
+    assert!(pod.metric("refusals_delayed_total").await >= 4.0);
+    eprintln!(
+        "4 flooding connections for 3 s: {total} requests answered; the CI: {i} reports, all 200 within 500 ms"
+    );
+}
+
 /// Row 3 / item 3. Before: 50 connections that sent half a request line were all still
 /// open after 40 s (no header timeout, no idle timeout, no cap).
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
@@ -392,7 +461,9 @@ async fn idle_keep_alive_is_closed_and_trickled_requests_meet_the_deadline(pool:
 /// now ignored.
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
 async fn forwarded_for_spray_from_an_untrusted_peer_writes_one_audit_row(pool: PgPool) {
-    let config = tenant_config();
+    let mut config = tenant_config();
+    // What is measured here is the audit bound; held refusals have their own test.
+    config.protection.failure_delay_ms = 0;
     let repo = config.repositories[0];
     let pod = Pod::start(&pool, &config, false).await;
     spray(&pod, 600).await;
