@@ -84,13 +84,16 @@ pub struct ProtectionConfig {
     /// Defaults to half of `limits.maxInFlightBytes` (at least `limits.maxBodyBytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes_per_source: Option<u64>,
-    /// Failed signature checks per source per minute before that source's further
-    /// requests are verified one lane at a time ([`Self::unverified_concurrency`]).
+    /// Refusals (failed signature checks and any other 401) per source per minute before
+    /// that source's further requests are verified in the narrow lane
+    /// ([`Self::unverified_concurrency`]) and its refusals held
+    /// ([`Self::failure_delay_ms`]).
     /// Requests are never refused for this: a correct signature always gets its answer.
     #[serde(default = "default_failures_per_source")]
     pub failed_signatures_per_source_per_minute: u32,
-    /// Failed signature checks per minute, all sources together, before every request
-    /// is verified through the narrow lane.
+    /// Failed signature checks per minute, all sources together, before every source's
+    /// refusals are held [`Self::failure_delay_ms`] (a flood spread over many
+    /// addresses). Sources that have not failed are not queued for it.
     #[serde(default = "default_failures_per_endpoint")]
     pub failed_signatures_per_endpoint_per_minute: u32,
     /// Requests from suspected sources whose body is read and verified at once.
@@ -101,9 +104,9 @@ pub struct ProtectionConfig {
     /// the peer address is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
-    /// Milliseconds a refusal (401) to a source past its failure allowance
-    /// ([`Self::failed_signatures_per_source_per_minute`], refusals of any kind counted)
-    /// is held before it is sent. A client that waits for its answers, as a flooding
+    /// Milliseconds a refusal (401) to a source past its allowance
+    /// ([`Self::failed_signatures_per_source_per_minute`]), or to any source while the
+    /// endpoint is past its own, is held before it is sent. A client that waits for its answers, as a flooding
     /// script does, is slowed to one request per delay per connection, at the price of a
     /// timer; 0 turns it off. A correctly signed request is never delayed.
     #[serde(default = "default_failure_delay_ms")]

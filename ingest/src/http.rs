@@ -3,7 +3,7 @@
 //! The ingestion handler does its work in an order that keeps unauthenticated traffic
 //! cheap: size check from `Content-Length` → header checks (bearer repository,
 //! signature headers, webhook timestamp) → for a source with many failed signatures
-//! lately, a place in a verification lane ([`crate::protect`]) → body read,
+//! lately, a place in the narrow verification lane ([`crate::protect`]) → body read,
 //! reserving the pod-wide and per-source in-flight budget as bytes arrive and giving up
 //! on a stalled body → MAC verification → rate limit → backlog check → (a JUnit XML
 //! body: converted to the JSON report, see [`crate::xml`]) → JSON parse and schema
@@ -32,7 +32,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::audit::Aggregator;
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::protect::{FailureGuard, Lane, SourceBudget, SourceReservation, TrustedProxies};
+use crate::protect::{FailureGuard, SourceBudget, SourceReservation, TrustedProxies};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::report::{Detail, Rejection, ReportValidator};
 use crate::signature::{self, AuthFailure};
@@ -90,7 +90,7 @@ pub struct AppState {
     pub config: Arc<IngestConfig>,
     pub keys: KeyStore,
     pub limiter: RateLimiter,
-    /// Sends sources whose signature checks keep failing through a verification lane.
+    /// Sends sources that keep failing through the narrow lane; holds their refusals.
     pub failures: FailureGuard,
     /// Whose forwarded-for headers are believed.
     pub proxies: TrustedProxies,
@@ -448,15 +448,15 @@ async fn handle(
         state.failures.record_refusal(client);
         auth_failed(state, failure, None, meta)
     })?;
-    // Many bad signatures from this source (or everywhere) lately: never refuse, since a
-    // stranger knows the repository id as well as its CI does, but read and verify in a
-    // lane ([`crate::protect::Lane`]), so a flood costs a bounded amount of concurrent
-    // work and cannot take the place of a source that has not failed.
-    let lane = state.failures.lane(client);
-    if lane != Lane::Open {
+    // Many failures from this source lately: never refuse, since a stranger knows the
+    // repository id as well as its CI does, but read and verify through the narrow
+    // lane, so a flood costs a constant amount of concurrent work.
+    let _lane = if state.failures.suspect(client) {
         state.metrics.unverified_lane.inc();
-    }
-    let _lane = state.failures.enter(lane, client).await;
+        state.failures.enter_lane().await
+    } else {
+        None
+    };
 
     let reader = BodyReader {
         limit,

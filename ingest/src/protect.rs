@@ -3,15 +3,16 @@
 //!
 //! - [`ClientAddress`]: the peer address, or the forwarded client address when (and
 //!   only when) the peer is a configured trusted proxy.
-//! - [`FailureGuard`]: counts failed signature checks per source and per endpoint in
-//!   fixed one-minute windows. Past either allowance a request is *not refused*; its body
-//!   read and verification are queued instead, so a flood costs the pod a bounded amount
-//!   of concurrent work while a correctly signed report still gets its normal answer.
-//!   A source past its own allowance shares one narrow lane (`unverifiedConcurrency`
-//!   requests at once) with every other such source; while only the endpoint-wide
-//!   allowance is exceeded, every other source verifies one request at a time in a lane
-//!   of its own, so stalled bodies from the flooding sources cannot hold the place of
-//!   a source that has not failed.
+//! - [`FailureGuard`]: counts refusals per source and failed signature checks per
+//!   endpoint in fixed one-minute windows. Nothing is refused for them: a correctly
+//!   signed report always gets its normal answer. A source past its own allowance reads
+//!   and verifies through a narrow lane (`unverifiedConcurrency` requests at once, all
+//!   such sources together), so a flood costs the pod a constant amount of concurrent
+//!   work; and its refusals are held `failureDelayMs` before they are sent, as every
+//!   source's are while the endpoint-wide allowance is exceeded (a flood spread over
+//!   many addresses), so a flooding client that waits for its answers is slowed to one
+//!   request per delay per connection. Sources that have not failed are never queued:
+//!   a CI farm behind one address must not be serialised because strangers flood.
 //! - [`SourceBudget`]: body bytes held per source, so one source cannot take more than
 //!   its share of the pod-wide in-flight budget.
 //!
@@ -173,26 +174,13 @@ impl Window {
     }
 }
 
-/// Which lane a request's body read and verification go through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// No recent failures: no queueing.
-    Open,
-    /// The endpoint is flooded but this source has not failed: one request at a time
-    /// per source.
-    OwnSource,
-    /// This source keeps failing: the narrow lane all such sources share.
-    Narrow,
-}
-
-/// Decides which requests verify through which lane.
+/// Decides which requests verify through the narrow lane, and which refusals are held.
 pub struct FailureGuard {
     per_source_allowance: u32,
     per_endpoint_allowance: u32,
     sources: Mutex<HashMap<IpAddr, Window>>,
     endpoint: Mutex<Window>,
     lane: Arc<Semaphore>,
-    own_lanes: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
     failure_delay: Duration,
     delayed: Arc<Semaphore>,
 }
@@ -211,7 +199,6 @@ impl FailureGuard {
             lane: Arc::new(Semaphore::new(
                 usize::try_from(config.unverified_concurrency).unwrap_or(1),
             )),
-            own_lanes: Mutex::default(),
             failure_delay: Duration::from_millis(config.failure_delay_ms),
             delayed: Arc::new(Semaphore::new(
                 usize::try_from(config.max_delayed_failures).unwrap_or(0),
@@ -219,59 +206,34 @@ impl FailureGuard {
         }
     }
 
+    /// Whether `source` is past its own allowance: its requests go through the narrow
+    /// lane.
+    pub fn suspect(&self, source: IpAddr) -> bool {
+        let now = Instant::now();
+        lock(&self.sources)
+            .get_mut(&source)
+            .is_some_and(|w| w.current(now).failures >= self.per_source_allowance)
+    }
+
+    fn endpoint_flooded(&self) -> bool {
+        lock(&self.endpoint).current(Instant::now()).failures >= self.per_endpoint_allowance
+    }
+
+    /// Waits for a place in the narrow lane; held while the body is read and verified.
+    pub async fn enter_lane(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.lane).acquire_owned().await.ok()
+    }
+
     /// How long to hold a refusal to `source` before sending it, with the place that
-    /// allows it; `None` while the source is within its allowance or too many
-    /// refusals are held already.
+    /// allows it: while the source is past its own allowance, or every source while
+    /// the endpoint is past its allowance (a flood spread over many addresses). `None`
+    /// otherwise, or when too many refusals are held already.
     pub fn refusal_delay(&self, source: IpAddr) -> Option<(Duration, OwnedSemaphorePermit)> {
-        if self.failure_delay.is_zero() || self.lane(source) != Lane::Narrow {
+        if self.failure_delay.is_zero() || !(self.suspect(source) || self.endpoint_flooded()) {
             return None;
         }
         let place = Arc::clone(&self.delayed).try_acquire_owned().ok()?;
         Some((self.failure_delay, place))
-    }
-
-    /// The lane requests from `source` go through now.
-    pub fn lane(&self, source: IpAddr) -> Lane {
-        let now = Instant::now();
-        let source_failing = lock(&self.sources)
-            .get_mut(&source)
-            .is_some_and(|w| w.current(now).failures >= self.per_source_allowance);
-        if source_failing {
-            return Lane::Narrow;
-        }
-        if lock(&self.endpoint).current(now).failures >= self.per_endpoint_allowance {
-            return Lane::OwnSource;
-        }
-        Lane::Open
-    }
-
-    /// Waits for a place in `lane` (none for [`Lane::Open`]); held while the body is
-    /// read and verified.
-    pub async fn enter(&self, lane: Lane, source: IpAddr) -> Option<OwnedSemaphorePermit> {
-        let semaphore = match lane {
-            Lane::Open => return None,
-            Lane::Narrow => Arc::clone(&self.lane),
-            Lane::OwnSource => self.own_lane(source),
-        };
-        semaphore.acquire_owned().await.ok()
-    }
-
-    /// The one-place lane of `source`; the shared narrow lane once [`MAX_SOURCES`]
-    /// sources are queued at the same time.
-    fn own_lane(&self, source: IpAddr) -> Arc<Semaphore> {
-        let mut lanes = lock(&self.own_lanes);
-        if !lanes.contains_key(&source) && lanes.len() >= MAX_SOURCES {
-            // Lanes nobody holds or waits for are only kept by this map.
-            lanes.retain(|_, lane| Arc::strong_count(lane) > 1);
-            if lanes.len() >= MAX_SOURCES {
-                return Arc::clone(&self.lane);
-            }
-        }
-        Arc::clone(
-            lanes
-                .entry(source)
-                .or_insert_with(|| Arc::new(Semaphore::new(1))),
-        )
     }
 
     /// Counts one failed verification from `source`.
@@ -433,24 +395,22 @@ mod tests {
         let guard = FailureGuard::new(&config);
         let stranger = ip("203.0.113.1");
         for _ in 0..3 {
-            assert_eq!(guard.lane(stranger), Lane::Open);
+            assert!(!guard.suspect(stranger));
             guard.record_failure(stranger);
         }
-        assert_eq!(guard.lane(stranger), Lane::Narrow);
-        assert_eq!(
-            guard.lane(ip("198.51.100.2")),
-            Lane::Open,
+        assert!(guard.suspect(stranger));
+        assert!(
+            !guard.suspect(ip("198.51.100.2")),
             "other sources unaffected"
         );
         for i in 0..7u8 {
             guard.record_failure(IpAddr::from([192, 0, 2, i]));
         }
-        assert_eq!(
-            guard.lane(ip("198.51.100.2")),
-            Lane::OwnSource,
-            "endpoint-wide flood"
+        assert!(guard.endpoint_flooded());
+        assert!(
+            !guard.suspect(ip("198.51.100.2")),
+            "a flood elsewhere does not queue a clean source"
         );
-        assert_eq!(guard.lane(stranger), Lane::Narrow);
         // A minute later the windows start again from zero.
         {
             let mut endpoint = lock(&guard.endpoint);
@@ -461,7 +421,7 @@ mod tests {
             }
         }
         guard.record_failure(stranger);
-        assert_eq!(guard.lane(stranger), Lane::Open);
+        assert!(!guard.suspect(stranger));
         assert_eq!(lock(&guard.endpoint).failures, 1);
     }
 
@@ -469,6 +429,7 @@ mod tests {
     fn refusals_to_a_failing_source_are_delayed_within_a_bound() {
         let config = ProtectionConfig {
             failed_signatures_per_source_per_minute: 2,
+            failed_signatures_per_endpoint_per_minute: 4,
             failure_delay_ms: 500,
             max_delayed_failures: 2,
             ..ProtectionConfig::default()
@@ -483,13 +444,18 @@ mod tests {
         guard.record_refusal(stranger);
         let first = guard.refusal_delay(stranger).expect("delayed");
         assert_eq!(first.0, Duration::from_millis(500));
-        let _second = guard.refusal_delay(stranger).expect("delayed");
+        let second = guard.refusal_delay(stranger).expect("delayed");
         assert!(guard.refusal_delay(stranger).is_none(), "at most 2 held");
-        assert!(guard.refusal_delay(ip("198.51.100.2")).is_none());
-        // Refusals count against the source only, not the endpoint.
+        drop((first, second));
+        let other = ip("198.51.100.2");
+        assert!(guard.refusal_delay(other).is_none());
+        // Refusals count against the source only; failed verifications also against
+        // the endpoint, and past its allowance every source's refusals are held.
         assert_eq!(lock(&guard.endpoint).failures, 0);
-        drop(first);
-        assert!(guard.refusal_delay(stranger).is_some());
+        for i in 0..4u8 {
+            guard.record_failure(IpAddr::from([192, 0, 2, i]));
+        }
+        assert!(guard.refusal_delay(other).is_some());
         let off = FailureGuard::new(&ProtectionConfig {
             failure_delay_ms: 0,
             failed_signatures_per_source_per_minute: 1,
@@ -497,33 +463,6 @@ mod tests {
         });
         off.record_refusal(stranger);
         assert!(off.refusal_delay(stranger).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_flooded_endpoint_queues_each_clean_source_on_its_own() {
-        let config = ProtectionConfig {
-            unverified_concurrency: 1,
-            ..ProtectionConfig::default()
-        };
-        let guard = FailureGuard::new(&config);
-        let (attacker, ci) = (ip("203.0.113.1"), ip("198.51.100.2"));
-        // The attacker's stalled bodies hold the narrow lane and its own.
-        let _narrow = guard.enter(Lane::Narrow, attacker).await;
-        let _own = guard.enter(Lane::OwnSource, attacker).await;
-        // The CI's place is its own: not behind either.
-        let ci_place =
-            tokio::time::timeout(Duration::from_secs(1), guard.enter(Lane::OwnSource, ci))
-                .await
-                .expect("the CI waited behind another source");
-        assert!(ci_place.is_some());
-        // A second request of the same source waits for the first.
-        let second =
-            tokio::time::timeout(Duration::from_millis(100), guard.enter(Lane::OwnSource, ci))
-                .await;
-        assert!(second.is_err(), "one at a time per source");
-        drop(ci_place);
-        assert!(guard.enter(Lane::OwnSource, ci).await.is_some());
-        assert!(guard.enter(Lane::Open, ci).await.is_none());
     }
 
     #[test]
