@@ -53,7 +53,15 @@ impl PodDefaults {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let defaults: Self = serde_json::from_str(text)?;
+        let mut defaults: Self = serde_json::from_str(text)?;
+        // `{}` in the chart's values means "not set", not "empty": an empty resources
+        // block would otherwise replace the built-in default with no requests at all.
+        if defaults.affinity.as_ref() == Some(&Affinity::default()) {
+            defaults.affinity = None;
+        }
+        if defaults.resources.as_ref() == Some(&ResourceRequirements::default()) {
+            defaults.resources = None;
+        }
         defaults.validate()?;
         Ok(defaults)
     }
@@ -135,6 +143,14 @@ mod tests {
         assert_eq!(defaults.tolerations[0].key.as_deref(), Some("dedicated"));
         assert!(defaults.affinity.is_some_and(|a| a.node_affinity.is_some()));
         assert!(defaults.resources.is_some());
+    }
+
+    #[test]
+    fn empty_blocks_mean_unset() {
+        let defaults =
+            PodDefaults::from_json(r#"{"affinity":{},"resources":{}}"#).unwrap_or_default();
+        assert_eq!(defaults, PodDefaults::default());
+        assert!(PodDefaults::from_json(r#"{"affinity":{},"resources":{}}"#).is_ok());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! 2. waits until the leader-election Lease is released or expired, so no reconcile is
 //!    still in flight;
 //! 3. removes the operator's finalizer from every `IngestionEndpoint` in scope, and
-//!    nothing else (other finalizers stay).
+//!    nothing else (other finalizers stay);
+//! 4. deletes the Lease, which the operator made at run time and Helm does not know.
 //!
 //! It touches nothing outside Kubernetes: tenants' stored reports, database logins,
 //! claims and broker queues stay where they are, as do the endpoints themselves and the
@@ -20,7 +21,7 @@ use anchorpipe_crds::v1alpha1::{FINALIZER, IngestionEndpoint};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
@@ -95,6 +96,9 @@ pub async fn release_finalizers(client: Client, config: &ReleaseConfig) -> Resul
                 }
             }
         }
+    }
+    if let Some(operator) = &config.operator {
+        delete_lease(&client, operator).await?;
     }
     info!(
         released = done.released,
@@ -183,6 +187,20 @@ async fn wait_for_lease(client: &Client, operator: &OperatorRef, timeout: Durati
             }
         }
         tokio::time::sleep(LEASE_POLL).await;
+    }
+}
+
+/// Deletes the operator's Lease: it was made at run time, not by the chart, so nothing
+/// else would remove it on uninstall.
+async fn delete_lease(client: &Client, operator: &OperatorRef) -> Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &operator.namespace);
+    match api.delete(&operator.lease, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(lease = %operator.lease, "deleted the operator's Lease");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
