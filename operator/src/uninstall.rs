@@ -64,6 +64,8 @@ pub struct Released {
     pub seen: usize,
 }
 
+/// Stops the operator (when given), then releases its finalizer on every endpoint in
+/// scope. Safe to run again: what is already released is skipped.
 pub async fn release_finalizers(client: Client, config: &ReleaseConfig) -> Result<Released> {
     if let Some(operator) = &config.operator {
         stop_operator(&client, operator).await?;
@@ -82,8 +84,16 @@ pub async fn release_finalizers(client: Client, config: &ReleaseConfig) -> Resul
         };
         // Metadata only: an endpoint whose spec no longer matches the types is released
         // like any other.
-        let endpoints = list_api.list_metadata(&ListParams::default()).await?;
-        for endpoint in endpoints.items {
+        let endpoints = match list_api.list_metadata(&ListParams::default()).await {
+            Ok(list) => list.items,
+            // No CRD (deleted by hand before the uninstall): no endpoint to release.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                warn!("the IngestionEndpoint CRD is not installed; nothing to release");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for endpoint in endpoints {
             done.seen += 1;
             if !has_finalizer(&endpoint) {
                 continue;
