@@ -20,19 +20,63 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
     scripts/cluster.sh up
     eval "$(scripts/cluster.sh env)"
 
-    step "helm chart: lint, and every manifest validated by the API server (dry run)"
-    helm lint --quiet charts/anchorpipe
-    # Cluster-wide and namespace-scoped RBAC: both render, and the API server accepts both.
+    step "helm chart: lint, values schema, and every manifest validated by the API server (dry run)"
+    helm lint --strict charts/anchorpipe
+    # The values schema refuses an unknown key and a wrong type, naming the path.
+    expect_refused() { # <expected message> <helm args...>
+        local expected=$1 out
+        shift
+        if out=$(helm template anchorpipe charts/anchorpipe "$@" 2>&1); then
+            echo "helm template $* was accepted; the values schema should refuse it" >&2
+            return 1
+        fi
+        grep -qF -- "$expected" <<<"$out" || {
+            printf 'helm template %s failed without "%s":\n%s\n' "$*" "$expected" "$out" >&2
+            return 1
+        }
+    }
+    expect_refused "additional properties 'replicaz' not allowed" --set operator.replicaz=2
+    expect_refused "at '/operator/replicas': got string, want integer" --set operator.replicas=two
+    expect_refused "additional properties 'nodeSelecter' not allowed" --set ingest.pods.nodeSelecter.pool=a
+    expect_refused "at '/ingest/pods/tolerations'" --set ingest.pods.tolerations=dedicated
+    # Monitoring objects exist only when asked for (their CRDs are not on the test
+    # cluster, so they are counted here rather than sent to the API server).
+    monitors() { helm template anchorpipe charts/anchorpipe "$@" | grep -cE '^kind: (ServiceMonitor|PodMonitor)$' || true; }
+    [ "$(monitors)" = 0 ] || { echo "monitoring objects rendered while disabled" >&2; exit 1; }
+    [ "$(monitors --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true)" = 2 ] \
+        || { echo "ServiceMonitor/PodMonitor not rendered when enabled" >&2; exit 1; }
+    # Cluster-wide and namespace-scoped RBAC, with every optional part and the tenant
+    # pod settings on: both render, and the API server accepts both.
     for scope in "" "--set operator.watchNamespaces={default,kube-public}"; do
         # shellcheck disable=SC2086
         helm template anchorpipe charts/anchorpipe --namespace default --include-crds \
             --set platformSecret.create=true \
             --set platformSecret.databaseUrl=postgres://db/anchorpipe \
             --set platformSecret.amqpUrl=amqp://broker/%2f \
-            --set platformSecret.rabbitmqManagementUrl=http://broker:15672 $scope \
+            --set platformSecret.rabbitmqManagementUrl=http://broker:15672 \
+            --set retention.enabled=true \
+            --set-json 'imagePullSecrets=[{"name":"regcred"}]' \
+            --set-json 'ingest.pods={"imagePullSecrets":[{"name":"regcred"}],"nodeSelector":{"pool":"ingest"},"tolerations":[{"key":"dedicated","operator":"Equal","value":"ingest","effect":"NoSchedule"}],"resources":{"requests":{"cpu":"250m"}}}' \
+            --set-json 'migrations.tolerations=[{"key":"dedicated","operator":"Exists"}]' \
+            $scope \
             | kubectl apply --server-side --force-conflicts --field-manager=chart-check \
                 --dry-run=server -f - >/dev/null
     done
+
+    step "helm chart: README values table is current"
+    python3 scripts/chart-readme.py --check
+
+    step "CRD upgrade path: server-side apply of the chart's CRD over the installed one"
+    # What the chart README tells users to run before `helm upgrade` (Helm never
+    # upgrades crds/): it must apply over an installed CRD and leave nothing to change.
+    kubectl apply --server-side --force-conflicts --field-manager=anchorpipe-crds \
+        -f charts/anchorpipe/crds/ >/dev/null
+    kubectl wait --for=condition=Established --timeout=60s crd/ingestionendpoints.anchorpipe.dev >/dev/null
+    kubectl diff --server-side --force-conflicts --field-manager=anchorpipe-crds -f charts/anchorpipe/crds/
+
+    step "examples/: every IngestionEndpoint accepted by the API server (dry run)"
+    kubectl create namespace anchorpipe-examples --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    kubectl apply --dry-run=server -n anchorpipe-examples -f examples/ >/dev/null
 fi
 
 step "cargo fmt --check"

@@ -39,6 +39,7 @@ use crate::accounts::TenantUrls;
 use crate::credentials::{self, CREDENTIALS_ID_ANNOTATION, CredentialPlan};
 use crate::error::{Error, Result};
 use crate::keys::KeyPlan;
+use crate::pod_defaults::PodDefaults;
 
 /// Field manager for every server-side apply the operator makes.
 pub const MANAGER: &str = "anchorpipe-operator";
@@ -90,6 +91,8 @@ pub struct Settings {
     /// controller, whose `X-Forwarded-For`/`Forwarded` the pods believe; written into
     /// every tenant's config.
     pub trusted_proxies: Vec<String>,
+    /// Pull Secrets, scheduling and default resources of every tenant's pods.
+    pub pod_defaults: PodDefaults,
 }
 
 impl Settings {
@@ -337,12 +340,14 @@ pub fn ingest_args() -> Vec<String> {
 
 /// What the pods are given besides the config: the image, the HMAC keys Secret, and
 /// the credential set they connect with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodInputs<'a> {
     pub image: &'a str,
     pub config_hash: &'a str,
     pub keys_secret: &'a str,
     pub credentials_id: &'a str,
+    /// The platform's pull Secrets, scheduling and default resources.
+    pub pod_defaults: &'a PodDefaults,
 }
 
 /// The ingest Deployment. `config_hash` and the credential set's id go on the pod
@@ -373,7 +378,12 @@ pub fn deployment(
         }]),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
-        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(
+            spec.resources
+                .clone()
+                .or_else(|| inputs.pod_defaults.resources.clone())
+                .unwrap_or_else(default_resources),
+        ),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {
@@ -410,6 +420,50 @@ pub fn deployment(
             inputs.credentials_id.to_owned(),
         ),
     ]));
+    let mut pod = PodSpec {
+        // The ingest service never talks to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_ID),
+            run_as_group: Some(NON_ROOT_ID),
+            fs_group: Some(NON_ROOT_ID),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.workload.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "keys".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(inputs.keys_secret.to_owned()),
+                    default_mode: Some(KEY_FILE_MODE),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity("64Mi".to_owned())),
+                    ..EmptyDirVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    inputs.pod_defaults.apply_to(&mut pod);
     Ok(Deployment {
         metadata: metadata(endpoint, &names.workload, tenant)?,
         spec: DeploymentSpec {
@@ -429,49 +483,7 @@ pub fn deployment(
             }),
             template: PodTemplateSpec {
                 metadata: Some(template_meta),
-                spec: Some(PodSpec {
-                    // The ingest service never talks to the Kubernetes API.
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(NON_ROOT_ID),
-                        run_as_group: Some(NON_ROOT_ID),
-                        fs_group: Some(NON_ROOT_ID),
-                        seccomp_profile: Some(runtime_default_seccomp()),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".to_owned(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: names.workload.clone(),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "keys".to_owned(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(inputs.keys_secret.to_owned()),
-                                default_mode: Some(KEY_FILE_MODE),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tmp".to_owned(),
-                            empty_dir: Some(EmptyDirVolumeSource {
-                                size_limit: Some(Quantity("64Mi".to_owned())),
-                                ..EmptyDirVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
-                    termination_grace_period_seconds: Some(30),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         },
@@ -607,18 +619,24 @@ mod tests {
             ingest_image: "anchorpipe-ingest:test".into(),
             allowed_ingest_images: vec!["anchorpipe-ingest:next".into()],
             trusted_proxies: Vec::new(),
+            pod_defaults: PodDefaults::default(),
         }
     }
 
     fn built(ie: &IngestionEndpoint) -> (Deployment, String) {
+        built_with(ie, &settings())
+    }
+
+    fn built_with(ie: &IngestionEndpoint, settings: &Settings) -> (Deployment, String) {
         let config = render::ingest_config(&ie.spec, "tenants", "acme").unwrap();
         let (_, hash) = config_json(&config).unwrap();
-        let image = settings().image_for(ie).unwrap();
+        let image = settings.image_for(ie).unwrap();
         let inputs = PodInputs {
             image: &image,
             config_hash: &hash,
             keys_secret: "acme-hmac",
             credentials_id: "c1",
+            pod_defaults: &settings.pod_defaults,
         };
         let d = deployment(ie, "tenants.acme", &inputs).unwrap();
         (d, hash)
@@ -912,5 +930,86 @@ mod tests {
         let (d, _) = built(&endpoint(minimal()));
         let r = pod(&d).containers[0].resources.clone().unwrap();
         assert_eq!(r.requests.unwrap()["cpu"].0, "100m");
+    }
+
+    fn platform_pod_settings() -> Settings {
+        let mut settings = settings();
+        settings.pod_defaults = PodDefaults::from_json(
+            r#"{"imagePullSecrets":["regcred"],
+                "nodeSelector":{"pool":"ingest"},
+                "tolerations":[{"key":"dedicated","operator":"Equal","value":"ingest","effect":"NoSchedule"}],
+                "affinity":{"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":100,"podAffinityTerm":{"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"app.kubernetes.io/name":"anchorpipe-ingest"}}}}]}},
+                "resources":{"requests":{"cpu":"250m","memory":"128Mi"},"limits":{"memory":"512Mi"}}}"#,
+        )
+        .unwrap();
+        settings
+    }
+
+    #[test]
+    fn the_platforms_pod_settings_reach_every_tenants_pods() {
+        let (d, _) = built_with(&endpoint(minimal()), &platform_pod_settings());
+        let p = pod(&d);
+        let secrets: Vec<&str> = p
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["regcred"]);
+        assert_eq!(p.node_selector.as_ref().unwrap()["pool"], "ingest");
+        let toleration = &p.tolerations.as_ref().unwrap()[0];
+        assert_eq!(toleration.key.as_deref(), Some("dedicated"));
+        assert_eq!(toleration.effect.as_deref(), Some("NoSchedule"));
+        assert!(p.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+        // The platform's default resources stand in for the built-in ones...
+        let r = p.containers[0].resources.clone().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "250m");
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "512Mi");
+        // ...and the pod's own hardening is unchanged by them.
+        assert_eq!(p.automount_service_account_token, Some(false));
+        assert_eq!(
+            p.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn an_endpoints_own_resources_win_over_the_platform_default() {
+        let mut spec = minimal();
+        spec["resources"] = serde_json::json!({"requests": {"cpu": "1"}});
+        let (d, _) = built_with(&endpoint(spec), &platform_pod_settings());
+        let r = pod(&d).containers[0].resources.clone().unwrap();
+        assert_eq!(r.requests.unwrap()["cpu"].0, "1");
+        assert!(r.limits.is_none());
+    }
+
+    #[test]
+    fn without_platform_pod_settings_nothing_extra_is_written() {
+        let (d, _) = built(&endpoint(minimal()));
+        let json = serde_json::to_value(pod(&d)).unwrap();
+        for field in [
+            "imagePullSecrets",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+        ] {
+            assert!(json.get(field).is_none(), "{field} written: {json}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_cannot_choose_scheduling_or_registry_credentials() {
+        // The spec has no such fields: the API server prunes them (structural schema)
+        // and the types ignore them, so nothing a tenant writes reaches the pod template.
+        let mut spec = minimal();
+        spec["nodeSelector"] = serde_json::json!({"pool": "platform"});
+        spec["imagePullSecrets"] = serde_json::json!([{"name": "platform-regcred"}]);
+        spec["tolerations"] = serde_json::json!([{"operator": "Exists"}]);
+        let (d, _) = built(&endpoint(spec));
+        let p = pod(&d);
+        assert!(p.node_selector.is_none());
+        assert!(p.image_pull_secrets.is_none());
+        assert!(p.tolerations.is_none());
+        assert!(p.affinity.is_none());
     }
 }

@@ -62,6 +62,11 @@ pub enum Error {
     #[error("leader election: {0}")]
     Lease(String),
 
+    /// `release-finalizers` could not finish (the operator would not stop, or an
+    /// endpoint kept changing).
+    #[error("release-finalizers: {0}")]
+    Release(String),
+
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }

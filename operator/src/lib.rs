@@ -7,6 +7,8 @@
 //!   [`platform_accounts`] implements it with [`database`] (claims, repository ownership,
 //!   per-tenant logins) and [`broker_users`] (per-tenant broker users).
 //! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
+//! - [`pod_defaults`]: the platform's pull Secrets and scheduling for tenant pods.
+//! - [`uninstall`]: `release-finalizers`, run by the chart before it is uninstalled.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 
 pub mod accounts;
@@ -23,9 +25,11 @@ pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod platform_accounts;
+pub mod pod_defaults;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod uninstall;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
-//! `anchorpipe-operator`: `crd` prints the CRD, `run` runs the controller.
+//! `anchorpipe-operator`: `crd` prints the CRD, `run` runs the controller,
+//! `release-finalizers` lets endpoints go before the operator is uninstalled.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -6,7 +7,9 @@ use std::time::Duration;
 
 use anchorpipe_operator::builders::Settings;
 use anchorpipe_operator::leader::LeaseConfig;
+use anchorpipe_operator::pod_defaults::PodDefaults;
 use anchorpipe_operator::run::RunConfig;
+use anchorpipe_operator::uninstall::{self, OperatorRef, ReleaseConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -26,6 +29,39 @@ enum Command {
     Crd,
     /// Run the controller.
     Run(Box<RunArgs>),
+    /// Stop the operator and remove its finalizer from every IngestionEndpoint, so that
+    /// endpoints and namespaces can be deleted once it is uninstalled. Tenant data
+    /// (stored reports, logins, queues) and the endpoints themselves are left in place.
+    ReleaseFinalizers(ReleaseArgs),
+}
+
+#[derive(clap::Args)]
+struct ReleaseArgs {
+    /// Release endpoints in this namespace only (repeat for several). Without it, every
+    /// namespace.
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// The operator's Deployment, scaled to zero first so that no replica adds the
+    /// finalizer back. Without it the operator is assumed gone.
+    #[arg(long)]
+    operator_deployment: Option<String>,
+    /// Namespace of the operator's Deployment and Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    operator_namespace: String,
+    /// The operator's leader-election Lease; the finalizers are released only once no
+    /// replica holds it. Defaults to the Deployment's name.
+    #[arg(long)]
+    lease_name: Option<String>,
+    /// Seconds to wait for the operator to release or lose its Lease.
+    #[arg(long, default_value_t = 120)]
+    wait_timeout_seconds: u64,
+    #[arg(
+        long,
+        env = "ANCHORPIPE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,6 +95,18 @@ struct RunArgs {
         value_parser = trusted_proxy
     )]
     trusted_proxies: Vec<String>,
+    /// Image pull Secrets (names, looked up in each tenant's namespace), node selector,
+    /// tolerations, affinity and default resources of every tenant's ingest pods, as
+    /// one JSON object: `{"imagePullSecrets": ["regcred"], "nodeSelector": {...},
+    /// "tolerations": [...], "affinity": {...}, "resources": {...}}`. Unknown fields
+    /// are refused.
+    #[arg(
+        long,
+        env = "ANCHORPIPE_INGEST_POD_DEFAULTS",
+        default_value = "",
+        value_parser = pod_defaults
+    )]
+    ingest_pod_defaults: PodDefaults,
     /// Broker URL (administrator) the operator declares tenant topology through.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
@@ -118,6 +166,10 @@ fn trusted_proxy(text: &str) -> Result<String, String> {
     }
 }
 
+fn pod_defaults(text: &str) -> Result<PodDefaults, String> {
+    PodDefaults::from_json(text).map_err(|e| e.to_string())
+}
+
 fn random_identity() -> String {
     use rand::TryRngCore;
     let mut bytes = [0u8; 4];
@@ -148,6 +200,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ReleaseFinalizers(args) => {
+            init_tracing(args.log_format);
+            let config = ReleaseConfig {
+                namespaces: args.namespaces,
+                operator: args.operator_deployment.map(|deployment| OperatorRef {
+                    namespace: args.operator_namespace,
+                    lease: args.lease_name.unwrap_or_else(|| deployment.clone()),
+                    deployment,
+                }),
+                wait_timeout: Duration::from_secs(args.wait_timeout_seconds),
+            };
+            block_on(async move {
+                let client = kube::Client::try_default().await?;
+                uninstall::release_finalizers(client, &config).await
+            })
+            .map_or(ExitCode::FAILURE, |released| {
+                println!(
+                    "released the finalizer of {} IngestionEndpoint(s) ({} already being deleted) of {} seen",
+                    released.released, released.deleting, released.seen
+                );
+                ExitCode::SUCCESS
+            })
+        }
         Command::Run(args) => {
             init_tracing(args.log_format);
             let config = RunConfig {
@@ -163,6 +238,7 @@ fn main() -> ExitCode {
                         .into_iter()
                         .filter(|p| !p.is_empty())
                         .collect(),
+                    pod_defaults: args.ingest_pod_defaults,
                 },
                 amqp_url: args.amqp_url,
                 database_url: args.database_url,
@@ -180,23 +256,31 @@ fn main() -> ExitCode {
                 cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
                 resync: Duration::from_secs(args.resync_seconds),
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not start the runtime");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(anchorpipe_operator::run::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "operator stopped");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(anchorpipe_operator::run::run(config))
+                .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `work` on a multi-threaded runtime; errors are logged (`None`).
+fn block_on<T>(
+    work: impl std::future::Future<Output = anchorpipe_operator::Result<T>>,
+) -> Option<T> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the runtime");
+            return None;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            None
         }
     }
 }

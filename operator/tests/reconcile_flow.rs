@@ -110,6 +110,7 @@ impl Harness {
                 ingest_image: "anchorpipe-ingest:test".into(),
                 allowed_ingest_images: vec!["anchorpipe-ingest:canary".into()],
                 trusted_proxies: vec!["10.42.0.0/16".into()],
+                pod_defaults: Default::default(),
             },
             broker.clone(),
             accounts.clone(),

@@ -105,6 +105,7 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
                 config_hash: &config_hash,
                 keys_secret: &keys.secret_name,
                 credentials_id: &creds.plan.current.id,
+                pod_defaults: &ctx.settings.pod_defaults,
             },
         )?,
     )
