@@ -197,6 +197,7 @@ fn config_for(tenant: &Tenant, repo: Uuid) -> IngestConfig {
         limits: Default::default(),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     }
 }
 
