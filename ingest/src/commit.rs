@@ -289,6 +289,86 @@ mod tests {
         assert!(refused_for_its_content(&sqlx::Error::RowNotFound));
     }
 
+    fn pending(body_len: usize, ready_at: Instant) -> Pending {
+        let submission = Submission {
+            header: crate::report::ReportHeader {
+                repo_id: uuid::Uuid::nil(),
+                commit_sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                run_id: "r".to_owned(),
+                framework: "jest".to_owned(),
+                branch: None,
+                pull_request: None,
+                environment: None,
+                metadata: None,
+                idempotency_key: None,
+            },
+            test_count: 1,
+            body: "x".repeat(body_len),
+            original: None,
+            meta: Default::default(),
+        };
+        Pending {
+            submission,
+            ready_at,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn bounds(rows: usize, bytes: usize, wait_ms: u64) -> Bounds {
+        Bounds {
+            rows,
+            bytes,
+            wait: Duration::from_millis(wait_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_is_queued_up_to_its_row_bound_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for _ in 0..5 {
+            tx.send(pending(10, Instant::now())).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        let batch = gather(&mut rx, bounds(3, 1 << 20, 10_000)).await.unwrap();
+        assert_eq!(batch.len(), 3);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let batch = gather(&mut rx, bounds(3, 1 << 20, 0)).await.unwrap();
+        assert_eq!(batch.len(), 2, "the rest, and no wait with a zero wait");
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_at_its_byte_bound_with_the_report_that_crossed_it() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for _ in 0..4 {
+            tx.send(pending(100, Instant::now())).await.unwrap();
+        }
+        let batch = gather(&mut rx, bounds(64, 150, 10_000)).await.unwrap();
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lone_report_waits_for_company_at_most_the_wait_counted_from_when_it_was_ready() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.send(pending(10, Instant::now())).await.unwrap();
+        let started = std::time::Instant::now();
+        let batch = gather(&mut rx, bounds(64, 1 << 20, 200)).await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(batch.len(), 1);
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+        // A report that already waited its time in the queue waits no more.
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        tx.send(pending(10, long_ago)).await.unwrap();
+        let started = std::time::Instant::now();
+        let batch = gather(&mut rx, bounds(64, 1 << 20, 200)).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert!(started.elapsed() < Duration::from_millis(150));
+
+        drop(tx);
+        assert!(gather(&mut rx, bounds(64, 1 << 20, 200)).await.is_none());
+    }
+
     #[test]
     fn bounds_come_from_the_config() {
         let bounds = Bounds::from(&StoreConfig::default());
