@@ -93,6 +93,9 @@ struct Pending {
     submission: Submission,
     ready_at: Instant,
     reply: oneshot::Sender<Result<Stored, CommitError>>,
+    /// What the report's request reserved for its body (in-flight budget), released
+    /// only once the report is stored or refused.
+    _hold: Box<dyn Send>,
 }
 
 /// What the committing tasks share.
@@ -150,13 +153,20 @@ impl GroupCommit {
     }
 
     /// Stores `submission` with whatever else is ready to be stored now, and returns its
-    /// own outcome once the transaction that holds it committed.
-    pub async fn submit(&self, submission: Submission) -> Result<Stored, CommitError> {
+    /// own outcome once the transaction that holds it committed. `hold` (the request's
+    /// share of the in-flight byte budget) is dropped with the submission, so the budget
+    /// covers a queued body even if its request is given up on while it waits.
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        hold: impl Send + 'static,
+    ) -> Result<Stored, CommitError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             submission,
             ready_at: Instant::now(),
             reply,
+            _hold: Box::new(hold),
         };
         self.queue
             .send(pending)
@@ -311,6 +321,7 @@ mod tests {
             submission,
             ready_at,
             reply: oneshot::channel().0,
+            _hold: Box::new(()),
         }
     }
 

@@ -472,7 +472,7 @@ async fn handle(
         stall: Duration::from_millis(state.config.protection.body_stall_timeout_ms),
         metrics: &state.metrics,
     };
-    let (bytes, _permit) = reader
+    let (bytes, body_hold) = reader
         .read(body, state.source_budget.reservation(client))
         .await?;
 
@@ -528,7 +528,7 @@ async fn handle(
     // A JUnit XML body becomes the JSON report here; from here on everything sees JSON,
     // and the XML is only stored beside it.
     let xml_type = xml::xml_content_type(headers);
-    let (json, xml_body, _json_permit) = match xml_type {
+    let (json, xml_body, json_permit) = match xml_type {
         None => (bytes, None, None),
         Some(content_type) => {
             let converted = convert_xml(state, uri, headers, &bytes, claim.repo_id, blocking).await;
@@ -590,13 +590,20 @@ async fn handle(
         original,
         meta: meta.clone(),
     };
-    let stored = state.commits.submit(submission).await.map_err(|error| {
-        tracing::error!(request_id = %meta.request_id, %error, "could not store report");
-        ApiError::Unavailable {
-            message: "Report could not be stored; retry later",
-            retry_after_secs: 5,
-        }
-    })?;
+    // The budget stays reserved while the report waits for its batch, also if this
+    // request is given up on meanwhile: the queued report still holds its body.
+    let hold = (body_hold, json_permit);
+    let stored = state
+        .commits
+        .submit(submission, hold)
+        .await
+        .map_err(|error| {
+            tracing::error!(request_id = %meta.request_id, %error, "could not store report");
+            ApiError::Unavailable {
+                message: "Report could not be stored; retry later",
+                retry_after_secs: 5,
+            }
+        })?;
     if matches!(stored, Stored::Accepted { .. }) {
         state.delivery.wake.notify_one();
     }

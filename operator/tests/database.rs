@@ -565,7 +565,7 @@ async fn a_batch_stored_as_a_tenant_login_keeps_its_own_reports_and_loses_a_fore
                 .into_iter()
                 .map(|report| {
                     let commits = commits.clone();
-                    tokio::spawn(async move { commits.submit(report).await })
+                    tokio::spawn(async move { commits.submit(report, ()).await })
                 })
                 .collect();
             let mut results = Vec::new();
