@@ -866,3 +866,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_becomes_text_without_a_copy_once_other_handles_are_gone() {
+        let mut buffer = Vec::with_capacity(64);
+        buffer.extend_from_slice(br#"{"a": 1}"#);
+        let address = buffer.as_ptr();
+        let bytes = Bytes::from(buffer);
+        let parsed_copy = bytes.clone();
+        drop(parsed_copy);
+        let text = into_text(bytes);
+        assert_eq!(text.as_deref(), Some(r#"{"a": 1}"#));
+        assert_eq!(text.map(|t| t.as_ptr()), Some(address));
+        assert_eq!(into_text(Bytes::from_static(b"\xff")), None);
+    }
+}
