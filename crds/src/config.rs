@@ -52,7 +52,77 @@ pub struct IngestConfig {
     /// unverified work and audit rows, each bounded by a constant stated here.
     #[serde(default)]
     pub protection: ProtectionConfig,
+    /// How accepted reports are written to the database: reports accepted at the same
+    /// moment share one transaction (group commit), within these bounds.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
+
+/// Group commit: the bounds of one storing transaction. A report waits at most
+/// `maxBatchWaitMs` for others to share its transaction; every report is answered only
+/// after the commit that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most reports written in one transaction.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: u32,
+    /// Report bytes (the JSON report and any original XML body) at which a batch stops
+    /// taking more reports; a batch holds at most this plus one report.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: u64,
+    /// Milliseconds a report may wait for others to share its transaction, counted from
+    /// when it was ready to be stored. 0: a batch takes only the reports already waiting.
+    #[serde(default = "default_max_batch_wait_ms")]
+    pub max_batch_wait_ms: u64,
+    /// Storing transactions in flight at once (each holds one database connection):
+    /// while one commits, the next batch gathers.
+    #[serde(default = "default_concurrent_batches")]
+    pub concurrent_batches: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: default_max_batch_rows(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_wait_ms: default_max_batch_wait_ms(),
+            concurrent_batches: default_concurrent_batches(),
+        }
+    }
+}
+
+/// Beyond a few dozen rows a transaction's fixed costs (round trips, the commit's WAL
+/// flush) are already spread thin, while a longer batch holds its clients longer.
+fn default_max_batch_rows() -> u32 {
+    64
+}
+
+/// Small reports fill a batch by count; a few large ones close it by size, so one
+/// transaction never carries more than a handful of large payloads.
+fn default_max_batch_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+
+/// A lone report is answered at most this much later than without batching; under load
+/// batches fill while the previous transaction commits, without waiting.
+fn default_max_batch_wait_ms() -> u64 {
+    2
+}
+
+/// Two: one batch gathers while the other commits.
+fn default_concurrent_batches() -> u32 {
+    2
+}
+
+/// Ceiling on `store.maxBatchRows`.
+pub const MAX_BATCH_ROWS_CEILING: u32 = 1000;
+
+/// Ceiling on `store.maxBatchWaitMs`: waiting longer only delays clients.
+pub const MAX_BATCH_WAIT_MS_CEILING: u64 = 1000;
+
+/// Ceiling on `store.concurrentBatches` (each holds a database connection).
+pub const MAX_CONCURRENT_BATCHES_CEILING: u32 = 16;
 
 /// Per-pod bounds on hostile traffic. Every limit is a constant; what is refused or
 /// folded is counted in metrics.
@@ -559,6 +629,21 @@ impl IngestConfig {
                 "must be at least limits.maxBodyBytes, or a maximum-size report could never be read",
             );
         }
+        let store = &self.store;
+        if store.max_batch_rows == 0 || store.max_batch_rows > MAX_BATCH_ROWS_CEILING {
+            return invalid("store.maxBatchRows", "must be between 1 and 1000");
+        }
+        if store.max_batch_bytes == 0 {
+            return invalid("store.maxBatchBytes", "must be at least 1");
+        }
+        if store.max_batch_wait_ms > MAX_BATCH_WAIT_MS_CEILING {
+            return invalid("store.maxBatchWaitMs", "must be at most 1000");
+        }
+        if store.concurrent_batches == 0
+            || store.concurrent_batches > MAX_CONCURRENT_BATCHES_CEILING
+        {
+            return invalid("store.concurrentBatches", "must be between 1 and 16");
+        }
         for (i, cidr) in p.trusted_proxies.iter().enumerate() {
             if !is_ip_or_cidr(cidr) {
                 return Err(ConfigError::Invalid {
@@ -603,6 +688,44 @@ mod tests {
         assert_eq!(config.limits.max_tests, 10_000);
         assert_eq!(config.broker.queue_type, QueueType::Quorum);
         assert_eq!(config.outbox, OutboxConfig::default());
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.store.max_batch_rows, 64);
+        assert_eq!(config.store.max_batch_wait_ms, 2);
+    }
+
+    #[test]
+    fn store_bounds_are_checked_and_name_the_field() {
+        for (patch, field) in [
+            (serde_json::json!({"maxBatchRows": 0}), "store.maxBatchRows"),
+            (
+                serde_json::json!({"maxBatchRows": 1001}),
+                "store.maxBatchRows",
+            ),
+            (
+                serde_json::json!({"maxBatchBytes": 0}),
+                "store.maxBatchBytes",
+            ),
+            (
+                serde_json::json!({"maxBatchWaitMs": 1001}),
+                "store.maxBatchWaitMs",
+            ),
+            (
+                serde_json::json!({"concurrentBatches": 0}),
+                "store.concurrentBatches",
+            ),
+        ] {
+            let mut value = minimal();
+            value["store"] = patch;
+            let err = IngestConfig::from_json(&value.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected `{field}` in: {err}");
+        }
+        let mut value = minimal();
+        value["store"] = serde_json::json!({"maxBatchRows": 1, "maxBatchWaitMs": 0});
+        let config = IngestConfig::from_json(&value.to_string()).unwrap();
+        assert_eq!(config.store.max_batch_rows, 1);
+        assert_eq!(config.store.concurrent_batches, 2);
     }
 
     #[test]

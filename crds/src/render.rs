@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::config::{
     BrokerTopology, IngestConfig, Limit, LimitsConfig, OutboxConfig, ProtectionConfig, QueueType,
-    RateLimitConfig, SignatureConfig,
+    RateLimitConfig, SignatureConfig, StoreConfig,
 };
 use crate::v1alpha1::{
     DEFAULT_EXPIRY_WARNING, DEFAULT_GRACE_PERIOD, HmacSpec, IngestionEndpointSpec, LimitSpec,
@@ -390,6 +390,7 @@ pub fn ingest_config(
         broker: broker_topology(spec, tenant),
         outbox: OutboxConfig::default(),
         protection: ProtectionConfig::default(),
+        store: StoreConfig::default(),
     };
     // The contract's own checks: a spec that passes ours but not the reader's would
     // crash-loop every pod, so refuse it here where the message reaches the user.

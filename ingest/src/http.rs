@@ -7,8 +7,8 @@
 //! reserving the pod-wide and per-source in-flight budget as bytes arrive and giving up
 //! on a stalled body → MAC verification → rate limit → backlog check → (a JUnit XML
 //! body: converted to the JSON report, see [`crate::xml`]) → JSON parse and schema
-//! validation → one storing transaction. The whole pipeline runs under the request
-//! deadline.
+//! validation → the storing transaction, shared with the reports accepted at the same
+//! moment ([`crate::commit`]). The whole pipeline runs under the request deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,13 +30,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::audit::Aggregator;
+use crate::commit::GroupCommit;
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::protect::{FailureGuard, SourceBudget, SourceReservation, TrustedProxies};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::report::{Detail, Rejection, ReportValidator};
 use crate::signature::{self, AuthFailure};
-use crate::store::{self, NewReport, Original, RequestMeta, Stored};
+use crate::store::{self, OwnedOriginal, RequestMeta, Stored, Submission};
 use crate::xml::{self, XmlError};
 use anchorpipe_crds::config::IngestConfig;
 
@@ -98,6 +99,8 @@ pub struct AppState {
     source_budget: Arc<SourceBudget>,
     pub validator: ReportValidator,
     pub pool: PgPool,
+    /// Stores accepted reports, several per transaction.
+    pub commits: GroupCommit,
     pub audit: Arc<Aggregator>,
     pub metrics: Arc<Metrics>,
     pub delivery: Arc<DeliveryHealth>,
@@ -113,6 +116,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Must be called inside a Tokio runtime: it starts the group-commit tasks.
     pub fn new(
         config: IngestConfig,
         keys: KeyStore,
@@ -133,6 +137,13 @@ impl AppState {
             source_budget: SourceBudget::new(config.protection.per_source_bytes(&config.limits)),
             validator: ReportValidator::new(config.limits.max_tests),
             key_usage: crate::key_usage::KeyUsage::new(config.tenant.clone(), pool.clone()),
+            commits: GroupCommit::spawn(
+                pool.clone(),
+                config.tenant.clone(),
+                config.broker.clone(),
+                &config.store,
+                Arc::clone(&metrics),
+            ),
             config: Arc::new(config),
             keys,
             pool,
@@ -465,7 +476,7 @@ async fn handle(
         stall: Duration::from_millis(state.config.protection.body_stall_timeout_ms),
         metrics: &state.metrics,
     };
-    let (bytes, _permit) = reader
+    let (bytes, body_hold) = reader
         .read(body, state.source_budget.reservation(client))
         .await?;
 
@@ -521,12 +532,12 @@ async fn handle(
     // A JUnit XML body becomes the JSON report here; from here on everything sees JSON,
     // and the XML is only stored beside it.
     let xml_type = xml::xml_content_type(headers);
-    let (json, _json_permit) = match &xml_type {
-        None => (bytes.clone(), None),
-        Some(_) => {
+    let (json, xml_body, json_permit) = match xml_type {
+        None => (bytes, None, None),
+        Some(content_type) => {
             let converted = convert_xml(state, uri, headers, &bytes, claim.repo_id, blocking).await;
             match converted {
-                Ok(ok) => ok,
+                Ok((json, permit)) => (json, Some((bytes, content_type)), permit),
                 Err(error) => {
                     if matches!(error, ApiError::InvalidXml(_)) {
                         audit_rejected(state, claim.repo_id, "invalid_xml", meta).await;
@@ -568,23 +579,27 @@ async fn handle(
     }
 
     // The body parsed as JSON, so it is UTF-8; an XML body was checked by the conversion.
-    let text = std::str::from_utf8(&json).map_err(|_| ApiError::InvalidJson)?;
-    let original = match &xml_type {
-        Some(content_type) => Some(Original {
-            body: std::str::from_utf8(&bytes).map_err(|_| ApiError::Internal("XML not UTF-8"))?,
+    let body = into_text(json).ok_or(ApiError::InvalidJson)?;
+    let original = match xml_body {
+        Some((bytes, content_type)) => Some(OwnedOriginal {
+            body: into_text(bytes).ok_or(ApiError::Internal("XML not UTF-8"))?,
             content_type,
         }),
         None => None,
     };
-    let report = NewReport {
-        tenant: &config.tenant,
-        header: &header,
+    let submission = Submission {
+        header,
         test_count,
-        body: text,
+        body,
         original,
-        topology: &config.broker,
+        meta: meta.clone(),
     };
-    let stored = store::store_report(&state.pool, &report, meta)
+    // The budget stays reserved while the report waits for its batch, also if this
+    // request is given up on meanwhile: the queued report still holds its body.
+    let hold = (body_hold, json_permit);
+    let stored = state
+        .commits
+        .submit(submission, hold)
         .await
         .map_err(|error| {
             tracing::error!(request_id = %meta.request_id, %error, "could not store report");
@@ -597,6 +612,12 @@ async fn handle(
         state.delivery.wake.notify_one();
     }
     Ok((Some(stored), decision))
+}
+
+/// The body as text; without a copy when this is the last handle to its buffer (the
+/// body as read, once verification and parsing dropped theirs).
+fn into_text(bytes: Bytes) -> Option<String> {
+    String::from_utf8(Vec::from(bytes)).ok()
 }
 
 /// Converts an XML body to the JSON report, on the blocking pool when large. The JSON is
@@ -848,4 +869,23 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_becomes_text_without_a_copy_once_other_handles_are_gone() {
+        let mut buffer = Vec::with_capacity(64);
+        buffer.extend_from_slice(br#"{"a": 1}"#);
+        let address = buffer.as_ptr();
+        let bytes = Bytes::from(buffer);
+        let parsed_copy = bytes.clone();
+        drop(parsed_copy);
+        let text = into_text(bytes);
+        assert_eq!(text.as_deref(), Some(r#"{"a": 1}"#));
+        assert_eq!(text.map(|t| t.as_ptr()), Some(address));
+        assert_eq!(into_text(Bytes::from_static(b"\xff")), None);
+    }
 }

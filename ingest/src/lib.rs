@@ -2,12 +2,13 @@
 //!
 //! Reads its tenant's config ([`anchorpipe_crds::IngestConfig`]) and HMAC keys from
 //! the files the operator mounts, accepts signed reports over HTTP ([`http`]), stores
-//! each exactly once with its audit and outbox rows ([`store`]), and relays the outbox
-//! to RabbitMQ.
+//! each exactly once with its audit and outbox rows ([`store`]), reports accepted at the
+//! same moment in one transaction ([`commit`]), and relays the outbox to RabbitMQ.
 
 pub mod audit;
 pub mod bulk;
 pub mod cli;
+pub mod commit;
 pub mod http;
 pub mod key_usage;
 pub mod keys;

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub outbox_parked: Gauge,
     pub outbox_parked_rows: Counter,
     pub outbox_confirm_timeouts: Counter,
+    pub commit_batch_rows: Histogram,
+    pub commit_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -179,6 +181,19 @@ impl Metrics {
             "Publishes the broker did not confirm within the confirm timeout",
             outbox_confirm_timeouts.clone(),
         );
+        // 1 to 1024 reports per transaction.
+        let commit_batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "commit_batch_rows",
+            "Reports stored per transaction (group commit)",
+            commit_batch_rows.clone(),
+        );
+        let commit_fallbacks = Counter::default();
+        registry.register(
+            "commit_fallbacks",
+            "Batches the database refused and that were stored again one report per transaction",
+            commit_fallbacks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -202,6 +217,8 @@ impl Metrics {
             outbox_parked,
             outbox_parked_rows,
             outbox_confirm_timeouts,
+            commit_batch_rows,
+            commit_fallbacks,
         }
     }
 

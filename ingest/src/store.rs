@@ -8,9 +8,17 @@
 //! conflict, and replay its stored response. The tenant is part of the key, so a report
 //! is only ever a duplicate of its own tenant's report.
 //!
+//! Reports accepted at the same moment are stored together ([`store_batch`], driven by
+//! [`crate::commit`]): one transaction with one multi-row `INSERT` per table. Within a
+//! batch the first report of a duplicate key stands for the others, and keys are inserted
+//! in sorted order, so two batches waiting on each other's keys always wait in the same
+//! order and cannot deadlock.
+//!
 //! In a cluster these statements run as the tenant's minted login, under the row-level
 //! security policies of `migrations/20261129000001_tenants.sql`: an ingestion is refused
 //! for a repository the tenant does not own.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -48,6 +56,15 @@ impl Stored {
             Stored::Accepted { response, .. } | Stored::Duplicate { response, .. } => response,
         }
     }
+
+    /// The stored ingestion this outcome names.
+    pub fn ingestion_id(&self) -> Uuid {
+        match self {
+            Stored::Accepted { ingestion_id, .. } | Stored::Duplicate { ingestion_id, .. } => {
+                *ingestion_id
+            }
+        }
+    }
 }
 
 /// A report ready to be stored.
@@ -69,6 +86,80 @@ pub struct NewReport<'a> {
 pub struct Original<'a> {
     pub body: &'a str,
     pub content_type: &'a str,
+}
+
+/// A report waiting for a group commit: what [`NewReport`] borrows, owned, so it can
+/// travel to the committing task. The tenant and topology are the committer's.
+#[derive(Debug)]
+pub struct Submission {
+    pub header: ReportHeader,
+    pub test_count: usize,
+    /// The validated JSON report, as for [`NewReport::body`].
+    pub body: String,
+    pub original: Option<OwnedOriginal>,
+    pub meta: RequestMeta,
+}
+
+/// An owned [`Original`].
+#[derive(Debug, Clone)]
+pub struct OwnedOriginal {
+    pub body: String,
+    pub content_type: String,
+}
+
+/// The duplicate key within one tenant: `(repo_id, commit_sha, run_id, framework)`.
+type DuplicateKey<'a> = (Uuid, &'a str, &'a str, &'a str);
+
+impl Submission {
+    /// The borrowed form [`store_report`] takes.
+    pub fn as_new_report<'a>(
+        &'a self,
+        tenant: &'a str,
+        topology: &'a BrokerTopology,
+    ) -> NewReport<'a> {
+        NewReport {
+            tenant,
+            header: &self.header,
+            test_count: self.test_count,
+            body: &self.body,
+            original: self.original.as_ref().map(|o| Original {
+                body: &o.body,
+                content_type: &o.content_type,
+            }),
+            topology,
+        }
+    }
+
+    /// Report bytes this submission adds to a batch.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.original.as_ref().map_or(0, |o| o.body.len())
+    }
+
+    fn key(&self) -> DuplicateKey<'_> {
+        let h = &self.header;
+        (h.repo_id, &h.commit_sha, &h.run_id, &h.framework)
+    }
+}
+
+/// The response an accepted report gets (and its duplicates replay).
+fn accepted_response(ingestion_id: Uuid, test_count: usize) -> Value {
+    json!({
+        "runId": ingestion_id,
+        "message": "Test report received",
+        "summary": { "tests_parsed": test_count, "flaky_candidates": 0 },
+    })
+}
+
+/// A stored response replayed for a duplicate.
+fn duplicate_response(mut original: Value) -> Value {
+    if let Some(object) = original.as_object_mut() {
+        object.insert("isDuplicate".to_owned(), Value::Bool(true));
+    }
+    original
+}
+
+fn clamp_count(test_count: usize) -> i32 {
+    i32::try_from(test_count).unwrap_or(i32::MAX)
 }
 
 /// The existing anchorpipe event, plus the ingestion id consumers dedupe and look up by.
@@ -152,12 +243,8 @@ pub async fn store_report(
 ) -> Result<Stored, sqlx::Error> {
     let header = report.header;
     let ingestion_id = Uuid::now_v7();
-    let response = json!({
-        "runId": ingestion_id,
-        "message": "Test report received",
-        "summary": { "tests_parsed": report.test_count, "flaky_candidates": 0 },
-    });
-    let test_count = i32::try_from(report.test_count).unwrap_or(i32::MAX);
+    let response = accepted_response(ingestion_id, report.test_count);
+    let test_count = clamp_count(report.test_count);
 
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
@@ -216,7 +303,7 @@ pub async fn store_report(
     } else {
         // The conflicting row is committed (ON CONFLICT waited for it), and this
         // statement takes a fresh snapshot under READ COMMITTED, so it sees it.
-        let (id, mut original): (Uuid, Value) = sqlx::query_as(
+        let (id, original): (Uuid, Value) = sqlx::query_as(
             "SELECT id, response FROM ingestions
              WHERE tenant = $1 AND repo_id = $2 AND commit_sha = $3 AND run_id = $4
                AND framework = $5",
@@ -228,12 +315,9 @@ pub async fn store_report(
         .bind(&header.framework)
         .fetch_one(&mut *tx)
         .await?;
-        if let Some(object) = original.as_object_mut() {
-            object.insert("isDuplicate".to_owned(), Value::Bool(true));
-        }
         Stored::Duplicate {
             ingestion_id: id,
-            response: original,
+            response: duplicate_response(original),
         }
     };
 
@@ -262,6 +346,318 @@ pub async fn store_report(
         conn.shrink_buffers();
     }
     Ok(stored)
+}
+
+/// Stores `reports` of `tenant` in one transaction: one multi-row insert into
+/// `ingestions` (`ON CONFLICT DO NOTHING`), one lookup of the stored responses of the
+/// duplicates, one insert into `outbox` for the new reports and one into `audit_log` for
+/// all. The results are in the order of `reports`. Reports sharing a duplicate key are
+/// stored once: the first stands for the others, which are answered as its duplicates.
+///
+/// Any error fails the whole batch and nothing of it is stored; the caller decides
+/// whether to store the reports again one by one ([`store_report`]).
+pub async fn store_batch(
+    pool: &PgPool,
+    tenant: &str,
+    topology: &BrokerTopology,
+    reports: &[&Submission],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    // The first report of each key, in key order: the order rows are inserted in, and
+    // so the order their unique-index entries are locked in (see the module docs).
+    let mut firsts: BTreeMap<DuplicateKey<'_>, usize> = BTreeMap::new();
+    for (i, report) in reports.iter().enumerate() {
+        firsts.entry(report.key()).or_insert(i);
+    }
+    let leaders: Vec<&Submission> = firsts.values().map(|&i| reports[i]).collect();
+    let ids: Vec<Uuid> = leaders.iter().map(|_| Uuid::now_v7()).collect();
+    let responses: Vec<Value> = leaders
+        .iter()
+        .zip(&ids)
+        .map(|(report, id)| accepted_response(*id, report.test_count))
+        .collect();
+
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let inserted: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO ingestions
+           (id, tenant, repo_id, commit_sha, run_id, framework, branch, pull_request,
+            idempotency_key, test_count, payload, response, request_id, original_body,
+            original_content_type)
+         SELECT r.id, $1, r.repo_id, r.commit_sha, r.run_id, r.framework, r.branch,
+                r.pull_request, r.idempotency_key, r.test_count, r.payload, r.response,
+                r.request_id, r.original_body, r.original_content_type
+         FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::int4[], $11::text[],
+                     $12::jsonb[], $13::text[], $14::text[], $15::text[])
+              AS r(id, repo_id, commit_sha, run_id, framework, branch, pull_request,
+                   idempotency_key, test_count, payload, response, request_id,
+                   original_body, original_content_type)
+         ON CONFLICT ON CONSTRAINT ingestions_duplicate_key DO NOTHING
+         RETURNING id",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .bind(leaders.iter().map(|r| r.header.repo_id).collect::<Vec<_>>())
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.commit_sha.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.run_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.framework.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.branch.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.pull_request.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.header.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| clamp_count(r.test_count))
+            .collect::<Vec<_>>(),
+    )
+    .bind(leaders.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+    .bind(&responses)
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.meta.request_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.original.as_ref().map(|o| o.body.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leaders
+            .iter()
+            .map(|r| r.original.as_ref().map(|o| o.content_type.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted: HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+
+    // What each leader became: stored now, or a duplicate of a row stored before.
+    let mut outcomes: Vec<Stored> = Vec::with_capacity(leaders.len());
+    let conflicted: Vec<&Submission> = leaders
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| !inserted.contains(id))
+        .map(|(report, _)| *report)
+        .collect();
+    let mut existing: HashMap<(Uuid, String, String, String), (Uuid, Value)> = HashMap::new();
+    if !conflicted.is_empty() {
+        // As in `store_report`: the conflicting rows are committed (ON CONFLICT waited
+        // for them) and this statement's fresh snapshot sees them.
+        let rows: Vec<(Uuid, Value, Uuid, String, String, String)> = sqlx::query_as(
+            "SELECT i.id, i.response, i.repo_id, i.commit_sha, i.run_id, i.framework
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[])
+                  AS k(repo_id, commit_sha, run_id, framework)
+             JOIN ingestions i
+               ON i.tenant = $1 AND i.repo_id = k.repo_id AND i.commit_sha = k.commit_sha
+              AND i.run_id = k.run_id AND i.framework = k.framework",
+        )
+        .bind(tenant)
+        .bind(
+            conflicted
+                .iter()
+                .map(|r| r.header.repo_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            conflicted
+                .iter()
+                .map(|r| r.header.commit_sha.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            conflicted
+                .iter()
+                .map(|r| r.header.run_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            conflicted
+                .iter()
+                .map(|r| r.header.framework.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, response, repo_id, commit_sha, run_id, framework) in rows {
+            existing.insert((repo_id, commit_sha, run_id, framework), (id, response));
+        }
+    }
+    for ((report, id), response) in leaders.iter().zip(&ids).zip(&responses) {
+        if inserted.contains(id) {
+            outcomes.push(Stored::Accepted {
+                ingestion_id: *id,
+                response: response.clone(),
+            });
+            continue;
+        }
+        let (repo_id, commit_sha, run_id, framework) = report.key();
+        let key = (
+            repo_id,
+            commit_sha.to_owned(),
+            run_id.to_owned(),
+            framework.to_owned(),
+        );
+        // Neither inserted nor found: refused for this report's sake, so the caller's
+        // one-by-one retry gives it its own answer.
+        let (id, original) = existing.remove(&key).ok_or(sqlx::Error::RowNotFound)?;
+        outcomes.push(Stored::Duplicate {
+            ingestion_id: id,
+            response: duplicate_response(original),
+        });
+    }
+
+    let now = chrono::Utc::now();
+    let new: Vec<(&Submission, Uuid)> = leaders
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(report, stored)| match stored {
+            Stored::Accepted { ingestion_id, .. } => Some((*report, *ingestion_id)),
+            Stored::Duplicate { .. } => None,
+        })
+        .collect();
+    if !new.is_empty() {
+        sqlx::query(
+            "INSERT INTO outbox (ingestion_id, tenant, exchange, routing_key, message,
+                                 request_id, traceparent)
+             SELECT o.ingestion_id, $1, $2, $3, o.message, o.request_id, o.traceparent
+             FROM UNNEST($4::uuid[], $5::jsonb[], $6::text[], $7::text[])
+                  AS o(ingestion_id, message, request_id, traceparent)",
+        )
+        .bind(tenant)
+        .bind(&topology.exchange)
+        .bind(&topology.routing_key)
+        .bind(new.iter().map(|(_, id)| *id).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|(r, id)| sqlx::types::Json(event_message(*id, &r.header, r.test_count, now)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|(r, _)| r.meta.request_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|(r, _)| {
+                    r.meta
+                        .traceparent
+                        .clone()
+                        .filter(|t| is_traceparent(t))
+                        .unwrap_or_else(new_traceparent)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    // Every report's own answer: its leader's outcome, as a duplicate unless it is the
+    // leader itself.
+    let by_leader: HashMap<DuplicateKey<'_>, &Stored> =
+        leaders.iter().map(|r| r.key()).zip(&outcomes).collect();
+    let mut results = Vec::with_capacity(reports.len());
+    for (i, report) in reports.iter().enumerate() {
+        let key = report.key();
+        let leader = by_leader
+            .get(&key)
+            .copied()
+            .ok_or(sqlx::Error::RowNotFound)?;
+        let own = if firsts.get(&key) == Some(&i) {
+            leader.clone()
+        } else {
+            match leader {
+                Stored::Accepted {
+                    ingestion_id,
+                    response,
+                } => Stored::Duplicate {
+                    ingestion_id: *ingestion_id,
+                    response: duplicate_response(response.clone()),
+                },
+                duplicate @ Stored::Duplicate { .. } => duplicate.clone(),
+            }
+        };
+        results.push(own);
+    }
+
+    sqlx::query(
+        "INSERT INTO audit_log (tenant, action, repo_id, ingestion_id, request_id, source_ip,
+                                user_agent)
+         SELECT $1, a.action, a.repo_id, a.ingestion_id, a.request_id, a.source_ip,
+                a.user_agent
+         FROM UNNEST($2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[])
+              AS a(action, repo_id, ingestion_id, request_id, source_ip, user_agent)",
+    )
+    .bind(tenant)
+    .bind(
+        results
+            .iter()
+            .map(|stored| match stored {
+                Stored::Accepted { .. } => "accepted",
+                Stored::Duplicate { .. } => "duplicate",
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(reports.iter().map(|r| r.header.repo_id).collect::<Vec<_>>())
+    .bind(results.iter().map(Stored::ingestion_id).collect::<Vec<_>>())
+    .bind(
+        reports
+            .iter()
+            .map(|r| r.meta.request_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        reports
+            .iter()
+            .map(|r| r.meta.source_ip.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        reports
+            .iter()
+            .map(|r| r.meta.user_agent.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if reports.iter().map(|r| r.size()).sum::<usize>() > SHRINK_AFTER_BYTES {
+        conn.shrink_buffers();
+    }
+    Ok(results)
 }
 
 /// Records a refused, authenticated request (invalid payload, repository mismatch). Its

@@ -22,5 +22,6 @@ pub fn config() -> IngestConfig {
         broker: BrokerTopology::for_tenant("test"),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     }
 }

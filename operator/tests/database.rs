@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anchorpipe_crds::config::{BrokerTopology, IngestConfig, Limit, RateLimitConfig};
+use anchorpipe_crds::config::{BrokerTopology, IngestConfig, Limit, RateLimitConfig, StoreConfig};
+use anchorpipe_ingest::commit::{CommitError, GroupCommit};
 use anchorpipe_ingest::http::{AppState, DeliveryHealth, app};
 use anchorpipe_ingest::keys::{Key, KeySet, KeyStore};
 use anchorpipe_ingest::metrics::Metrics;
 use anchorpipe_ingest::relay::{self, Relay, RelaySettings};
 use anchorpipe_ingest::report::ReportHeader;
-use anchorpipe_ingest::store::{self, NewReport, RequestMeta, Stored};
+use anchorpipe_ingest::store::{self, NewReport, RequestMeta, Stored, Submission};
 use anchorpipe_operator::database::{
     Claimant, Error, RepositoryClaims, TenantClaim, TenantDb, login_name, mint_password,
     tenant_database_url,
@@ -197,6 +198,7 @@ fn config_for(tenant: &Tenant, repo: Uuid) -> IngestConfig {
         limits: Default::default(),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     }
 }
 
@@ -517,6 +519,130 @@ async fn the_ingest_service_works_as_a_tenant_login(pool: PgPool) {
     drop(state);
     a_pool.close().await;
     a.release(&db).await;
+}
+
+/// A report for `repo` on its way to a group commit.
+fn submission(repo: Uuid, run_id: &str) -> Submission {
+    Submission {
+        header: header(repo, run_id),
+        test_count: 1,
+        body: body(repo, run_id),
+        original: None,
+        meta: RequestMeta {
+            request_id: format!("req-{run_id}"),
+            ..RequestMeta::default()
+        },
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_stored_as_a_tenant_login_keeps_its_own_reports_and_loses_a_foreign_one(
+    pool: PgPool,
+) {
+    let db = TenantDb::from_pool(pool.clone());
+    let (repo_a, repo_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let a = Tenant::new(&db, &[repo_a]).await;
+    let b = Tenant::new(&db, &[repo_b]).await;
+    let a_pool = a.pool().await;
+    let metrics = Arc::new(Metrics::new());
+    // Every report submitted below lands in one batch: it closes at 4 rows, or after 1 s.
+    let commits = GroupCommit::spawn(
+        a_pool.clone(),
+        a.name.clone(),
+        BrokerTopology::for_tenant(&a.name),
+        &StoreConfig {
+            max_batch_rows: 4,
+            max_batch_wait_ms: 1000,
+            concurrent_batches: 1,
+            ..StoreConfig::default()
+        },
+        Arc::clone(&metrics),
+    );
+    let submit_all = |reports: Vec<Submission>| {
+        let commits = commits.clone();
+        async move {
+            let tasks: Vec<_> = reports
+                .into_iter()
+                .map(|report| {
+                    let commits = commits.clone();
+                    tokio::spawn(async move { commits.submit(report, ()).await })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            results
+        }
+    };
+
+    // Multi-row inserts, the duplicate lookup, outbox and audit under the policies.
+    let first = submit_all(vec![
+        submission(repo_a, "run-1"),
+        submission(repo_a, "run-2"),
+        submission(repo_a, "run-1"),
+        submission(repo_a, "run-3"),
+    ])
+    .await;
+    let outcomes: Vec<Stored> = first.into_iter().map(Result::unwrap).collect();
+    assert!(matches!(outcomes[0], Stored::Accepted { .. }));
+    assert!(matches!(outcomes[1], Stored::Accepted { .. }));
+    assert!(
+        matches!(&outcomes[2], Stored::Duplicate { ingestion_id, .. } if *ingestion_id == outcomes[0].ingestion_id())
+    );
+    assert!(matches!(outcomes[3], Stored::Accepted { .. }));
+
+    // A misconfigured pod (B's repository in A's config): the database refuses that one
+    // report, and the rest of its batch is stored.
+    let second = submit_all(vec![
+        submission(repo_a, "run-4"),
+        submission(repo_b, "run-4"),
+        submission(repo_a, "run-2"),
+        submission(repo_a, "run-5"),
+    ])
+    .await;
+    assert!(
+        matches!(second[0], Ok(Stored::Accepted { .. })),
+        "{second:?}"
+    );
+    match &second[1] {
+        Err(CommitError::Refused(error)) => match error.as_ref() {
+            sqlx::Error::Database(error) => assert_eq!(error.code().as_deref(), Some("42501")),
+            other => panic!("expected a privilege error, got {other:?}"),
+        },
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        matches!(&second[2], Ok(Stored::Duplicate { ingestion_id, .. }) if *ingestion_id == outcomes[1].ingestion_id())
+    );
+    assert!(matches!(second[3], Ok(Stored::Accepted { .. })));
+
+    let mut a_conn = a.connection().await;
+    assert_eq!(
+        count(&mut a_conn, "SELECT count(*) FROM ingestions").await,
+        5
+    );
+    assert_eq!(count(&mut a_conn, "SELECT count(*) FROM outbox").await, 5);
+    let mut owner = pool.acquire().await.unwrap();
+    assert_eq!(
+        count(
+            &mut owner,
+            &format!("SELECT count(*) FROM ingestions WHERE repo_id = '{repo_b}'")
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM audit_log").await, 7);
+    assert!(
+        metrics
+            .encode()
+            .contains("anchorpipe_ingest_commit_fallbacks_total 1")
+    );
+
+    drop((a_conn, owner, commits));
+    a_pool.close().await;
+    a.release(&db).await;
+    b.release(&db).await;
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -51,6 +51,7 @@ pub fn tenant_config() -> IngestConfig {
         limits: Default::default(),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn start(pool: PgPool, tweak: impl FnOnce(&mut IngestConfig)) -> Inges
         limits: Default::default(),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     };
     tweak(&mut config);
     let state = AppState::new(

@@ -133,6 +133,7 @@ pub fn bench_config(tenant: &str, repo: Uuid) -> IngestConfig {
         limits: Default::default(),
         outbox: Default::default(),
         protection: Default::default(),
+        store: Default::default(),
     }
 }
 
