@@ -137,9 +137,10 @@ pub struct ProtectionConfig {
     /// is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
-    /// Open client connections this pod serves at once. At the cap a new connection
-    /// takes the place of the one that has waited longest with no request in progress;
-    /// only when every connection is mid-request do new ones wait in the listen backlog.
+    /// Open client connections this pod serves at once, shared fairly between client
+    /// addresses: at the cap, idle connections (half-sent heads, idle keep-alives) of
+    /// the address holding the most give way to addresses under their share; only when
+    /// every connection is mid-request do new ones wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Seconds one request may take from its first byte to its answer; answered 408

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed_idle: Counter,
     pub connections_evicted: Counter,
+    pub connections_over_share: Counter,
     pub refusals_delayed: Counter,
     pub outbox_parked: Gauge,
     pub outbox_parked_rows: Counter,
@@ -157,6 +158,12 @@ impl Metrics {
             "Connections without a request in progress closed to make room at the connection cap",
             connections_evicted.clone(),
         );
+        let connections_over_share = Counter::default();
+        registry.register(
+            "connections_over_share",
+            "Connections at the cap from an address at its fair share that no place came up for: closed unread",
+            connections_over_share.clone(),
+        );
         let refusals_delayed = Counter::default();
         registry.register(
             "refusals_delayed",
@@ -213,6 +220,7 @@ impl Metrics {
             connections_open,
             connections_closed_idle,
             connections_evicted,
+            connections_over_share,
             refusals_delayed,
             outbox_parked,
             outbox_parked_rows,

@@ -378,9 +378,10 @@ async fn half_sent_request_lines_are_closed_and_connections_capped(pool: PgPool)
     eprintln!("50 half-sent requests all closed after {elapsed:?} (before: open after 40 s)");
 }
 
-/// Row 3 / item 3, past the cap: half-sent heads held open longer than the header
-/// timeout, more of them than the cap, never make the CI wait for a place (before: a
-/// new connection waited in the listen backlog until a header timeout freed a slot).
+/// Row 3 / item 3, past the cap: a stranger's half-sent heads held open longer than the
+/// header timeout, more of them than the cap, never make the CI wait for a place
+/// (before: a new connection waited in the listen backlog until a header timeout freed
+/// a slot); the stranger never holds more than the cap.
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
 async fn slowloris_past_the_cap_gives_way_to_new_connections(pool: PgPool) {
     let mut config = tenant_config();
@@ -390,7 +391,12 @@ async fn slowloris_past_the_cap_gives_way_to_new_connections(pool: PgPool) {
     let pod = Pod::start(&pool, &config, false).await;
     let mut half = Vec::new();
     for _ in 0..50 {
-        let mut stream = TcpStream::connect(("127.0.0.1", pod.port())).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket
+            .connect(format!("127.0.0.1:{}", pod.port()).parse().unwrap())
+            .await
+            .unwrap();
         stream.write_all(b"POST /api/ing").await.unwrap();
         half.push(stream);
     }
@@ -398,19 +404,26 @@ async fn slowloris_past_the_cap_gives_way_to_new_connections(pool: PgPool) {
         pod.legit(repo, &format!("past-cap-{i}"), None, Duration::from_secs(2))
             .await;
     }
+    // The stranger held its whole share (the cap) until the CI came: the 30 beyond it
+    // were held unread and closed; the CI's first connection took a stranger's place
+    // (the next ones found the place it left).
     let evicted = pod.metric("connections_evicted_total").await;
-    assert!(evicted >= 30.0, "evicted {evicted}");
+    assert!(evicted >= 1.0, "evicted {evicted}");
     let open = pod.metric("connections_open").await;
     assert!(open <= 20.0, "open {open}");
-    // The oldest half-sent heads were the ones closed.
+    // Past the holds (2 s), at most the cap is still open; the others were closed,
+    // some after taking the place of the stranger's own older heads.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut closed = 0;
-    for stream in half.iter_mut().take(30) {
-        if closed_within(stream, Duration::from_millis(200)).await {
+    for stream in &mut half {
+        if closed_within(stream, Duration::from_millis(20)).await {
             closed += 1;
         }
     }
-    assert!(closed >= 30, "closed {closed} of the 30 oldest");
-    eprintln!("50 half-sent heads beside a cap of 20: {evicted} evicted, 5 reports 200 within 2 s");
+    assert!(closed >= 30, "only {closed} of 50 closed");
+    eprintln!(
+        "50 half-sent heads beside a cap of 20: {closed} closed, {evicted} gave way to the CI; 5 reports 200 within 2 s"
+    );
 }
 
 /// Item 3: an idle keep-alive connection is closed; a request dragged out byte by byte
