@@ -18,10 +18,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anchorpipe_crds::v1alpha1::IngestionEndpoint;
-use anchorpipe_e2e::cluster::{MANAGER, client, ensure_crd, is_ready, with_database};
+use anchorpipe_e2e::cluster::{
+    MANAGER, SUITE_LEASE, SUITE_LEASE_NAMESPACE, client, ensure_crd, is_ready, with_database,
+};
 use anchorpipe_e2e::kubelet::Pod as KubeletPod;
 use anchorpipe_e2e::node::{Node, mount_namespaces_available};
 use anchorpipe_e2e::{eventually, log_dir, report, required_env, suffix};
+use anchorpipe_operator::leader::{LeaderElector, LeaseConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -228,6 +231,54 @@ impl Drop for Leftovers {
     }
 }
 
+/// The operator of the other e2e tests (`tests/e2e.rs`) serves every namespace with
+/// admin credentials: a run of it beside this test (another checkout on the same
+/// cluster) would reconcile this test's tenant too, and the two operators would fight
+/// over it. It reconciles nothing until it holds [`SUITE_LEASE`], so this test holds
+/// that Lease itself while the chart's operator works (waiting for a running suite's
+/// operator to let it go), through the operator's own leader election.
+struct SuiteOperatorStandsBy {
+    elector: std::sync::Arc<LeaderElector>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl SuiteOperatorStandsBy {
+    async fn hold(client: &Client, identity: &str) -> Self {
+        let elector = std::sync::Arc::new(LeaderElector::new(
+            Api::namespaced(client.clone(), SUITE_LEASE_NAMESPACE),
+            LeaseConfig {
+                name: SUITE_LEASE.to_owned(),
+                identity: identity.to_owned(),
+                lease_duration: Duration::from_secs(15),
+                renew_period: Duration::from_secs(2),
+            },
+        ));
+        let waited = Instant::now();
+        tokio::time::timeout(Duration::from_secs(300), elector.acquire())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{SUITE_LEASE_NAMESPACE}/{SUITE_LEASE} held by another operator for 300s")
+            });
+        if waited.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "helm_install: waited {:?} for the e2e suite's operator to stand by",
+                waited.elapsed()
+            );
+        }
+        let holder = elector.clone();
+        let renewing = tokio::spawn(async move {
+            let error = holder.hold().await;
+            eprintln!("helm_install: lost {SUITE_LEASE}: {error}");
+        });
+        Self { elector, renewing }
+    }
+
+    async fn release(self) {
+        self.renewing.abort();
+        self.elector.release().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly() {
     let test_started = Instant::now();
@@ -261,6 +312,8 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     namespace(&client, &tenants).await;
     let node = Node::start(&client).await;
     leftovers.node = node.name.clone();
+
+    let suite_operator = SuiteOperatorStandsBy::hold(&client, &format!("helm-install-{sfx}")).await;
 
     // An empty platform database: the chart's migration Job creates the schema.
     admin_sql(&format!("CREATE DATABASE \"{db}\"")).await;
@@ -509,6 +562,8 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
         }
     })
     .await;
+
+    suite_operator.release().await;
 
     // Uninstall: the pre-delete hook stops the operator and releases the Lease; then
     // the release's objects go.
