@@ -23,7 +23,7 @@
 //!   bind-mounted at their mount paths in a private mount namespace (`unshare --user
 //!   --map-root-user --mount`, over a fresh tmpfs on `/run`), so in-cluster clients find
 //!   `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` where a
-//!   kubelet puts them. Mount paths outside `/run` (`/var/run`) are refused.
+//!   kubelet puts them. Mount paths outside `/run` and `/var/run` are refused.
 //! - **Environment**: `KUBERNETES_SERVICE_HOST`/`_PORT` name the API server itself (no
 //!   Service proxy here), `HOME=/` as a runtime sets it for a user without a home, then
 //!   the container's `env` (values, Secret and ConfigMap keys, pod fields). Nothing of

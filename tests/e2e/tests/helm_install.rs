@@ -298,6 +298,7 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     let system = format!("e2e-helm-{sfx}");
     let tenants = format!("e2e-helm-tenant-{sfx}");
     let db = format!("anchorpipe_helm_{sfx}");
+    let suite_operator = SuiteOperatorStandsBy::hold(&client, &format!("helm-install-{sfx}")).await;
     // Declared before the node: on a failure the node is dropped first (its processes
     // die), then this removes what the run made.
     let mut leftovers = Leftovers {
@@ -312,8 +313,6 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     namespace(&client, &tenants).await;
     let node = Node::start(&client).await;
     leftovers.node = node.name.clone();
-
-    let suite_operator = SuiteOperatorStandsBy::hold(&client, &format!("helm-install-{sfx}")).await;
 
     // An empty platform database: the chart's migration Job creates the schema.
     admin_sql(&format!("CREATE DATABASE \"{db}\"")).await;
