@@ -154,6 +154,18 @@ KUBECONFIG_PATH="$STATE/kubeconfig"
 # state dirs never share it.
 ETCD_DATA="/dev/shm/anchorpipe-etcd-$(printf '%s' "$STATE" | sha256sum | cut -c1-12)"
 
+# Whether a running component was started with the arguments this script gives it now
+# (only the controller-manager is checked: the others' arguments name this checkout's
+# files, which differ between checkouts sharing one state dir).
+args_current() { # <component>
+  local pid expected actual
+  [[ "$1" == kube-controller-manager ]] || return 0
+  pid="$(pid_of "$1")" || return 0
+  expected="$(component_args "$1")"
+  actual="$(tr '\0' '\n' <"/proc/$pid/cmdline" | tail -n +2)"
+  [[ "$expected" == "$actual" ]]
+}
+
 pid_of() { # <component> -> pid if the process is alive and is that component
   local f="$RUN/$1.pid" pid exe
   [[ -f "$f" ]] || return 1
@@ -186,7 +198,7 @@ all_healthy() {
   local c
   [[ -f "$KUBECONFIG_PATH" ]] || return 1
   for c in "${COMPONENTS[@]}"; do
-    pid_of "$c" >/dev/null && healthy "$c" || return 1
+    pid_of "$c" >/dev/null && healthy "$c" && args_current "$c" || return 1
   done
   # ... and the fake node is still there.
   [[ "$(api_get "/api/v1/nodes/$NODE_NAME" 2>/dev/null)" == *'"kwok.x-k8s.io/node": "fake"'* ]]
@@ -301,7 +313,12 @@ component_args() { # <component> -> one argument per line
       --kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
       --bind-address=127.0.0.1 \
       --secure-port="$KCM_PORT" \
-      --controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller \
+      `# Jobs (Helm hooks), kube-root-ca.crt in every namespace (projected into` \
+      `# pods with their ServiceAccount token), EndpointSlices of Services and` \
+      `# aggregated ClusterRoles (the chart's tenant roles join admin/edit/view).` \
+      `# Changing the list changes no binary: 'up' restarts a running` \
+      `# controller-manager whose flags differ.` \
+      --controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,root-ca-certificate-publisher-controller,endpointslice-controller,endpointslice-mirroring-controller,clusterrole-aggregation-controller \
       --use-service-account-credentials=true \
       --service-account-private-key-file="$PKI/sa.key" \
       --root-ca-file="$PKI/ca.crt" \
@@ -461,6 +478,10 @@ cmd_up() {
   log "starting control plane (state: $STATE)"
   local c
   for c in "${COMPONENTS[@]}"; do
+    if pid_of "$c" >/dev/null && ! args_current "$c"; then
+      log "  $c (pid $(pid_of "$c")) runs with other flags; restarting it"
+      stop_component "$c"
+    fi
     if pid_of "$c" >/dev/null; then
       if healthy "$c"; then log "  $c already running (pid $(pid_of "$c"))"; continue; fi
       # Give a process that is still starting a chance before replacing it.

@@ -36,6 +36,11 @@ pub const MANAGER: &str = "anchorpipe-e2e";
 /// row-level security, not by databases.
 pub const PLATFORM_DATABASE: &str = "anchorpipe_e2e";
 
+/// The Lease the suite's operator holds while it serves: until it holds it, it stands by
+/// and reconciles nothing.
+pub const SUITE_LEASE: &str = "anchorpipe-e2e";
+pub const SUITE_LEASE_NAMESPACE: &str = "default";
+
 /// Seconds a deletion waits for a down broker before the operator releases the
 /// finalizer: short, so the broker-down deletion test sees the whole bounded wait.
 pub const CLEANUP_TIMEOUT_SECONDS: u64 = 20;
@@ -212,9 +217,9 @@ fn spawn_operator() -> OperatorProcess {
             "--listen",
             "127.0.0.1:0",
             "--lease-name",
-            "anchorpipe-e2e",
+            SUITE_LEASE,
             "--lease-namespace",
-            "default",
+            SUITE_LEASE_NAMESPACE,
             // A fixed identity, as a restarted pod keeps its name: a restarted operator
             // takes its own Lease back at once instead of waiting for it to expire.
             "--identity",

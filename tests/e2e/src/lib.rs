@@ -6,6 +6,8 @@
 //!   lock that serializes tests which stop shared services, and one namespace per test.
 //! - [`kubelet`]: turns a Deployment's pod template into files, environment and a
 //!   command line, and runs `anchorpipe-ingest` with exactly that.
+//! - [`node`]: a test node whose kubelet runs every pod bound to it (a Helm release's
+//!   operator, Jobs and hooks) as local processes with their ServiceAccount tokens.
 //! - [`broker`], [`report`]: RabbitMQ inspection and signed reports over HTTP.
 //!
 //! Where things come from: `KUBECONFIG` and `PATH` (kubectl) from `scripts/cluster.sh
@@ -16,6 +18,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod kubelet;
+pub mod node;
 pub mod report;
 
 use std::future::Future;

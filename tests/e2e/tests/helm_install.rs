@@ -1,0 +1,637 @@
+//! `helm install` of the chart end to end on the test control plane: the release's pods
+//! (the migration Job, the operator's two replicas, the uninstall hook) are scheduled by
+//! the chart's own `nodeSelector`/`tolerations` onto a node of this test, whose kubelet
+//! runs each of them as the workspace binary of its image, with a ServiceAccount token
+//! from the TokenRequest API mounted where a kubelet mounts it (see
+//! `anchorpipe_e2e::node`). The operator therefore talks to the API server with nothing
+//! but the chart's RBAC.
+//!
+//! The test installs with `--wait` (the migration hook must complete, both operator
+//! pods must be Ready), checks who the operator is and that one replica holds the Lease,
+//! has the chart's operator make a tenant endpoint Ready and its ingest pod accept a
+//! signed report, then deletes the endpoint and runs `helm uninstall` (whose pre-delete
+//! hook stops the operator) and removes what it made.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anchorpipe_crds::v1alpha1::IngestionEndpoint;
+use anchorpipe_e2e::cluster::{
+    MANAGER, SUITE_LEASE, SUITE_LEASE_NAMESPACE, client, ensure_crd, is_ready, with_database,
+};
+use anchorpipe_e2e::kubelet::Pod as KubeletPod;
+use anchorpipe_e2e::node::{Node, mount_namespaces_available};
+use anchorpipe_e2e::{eventually, log_dir, report, required_env, suffix};
+use anchorpipe_operator::leader::{LeaderElector, LeaseConfig};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use sqlx::Connection as _;
+
+fn chart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/anchorpipe")
+}
+
+fn chart_app_version() -> String {
+    let chart = std::fs::read_to_string(chart().join("Chart.yaml")).unwrap();
+    chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .unwrap()
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"anchorpipe.dev/e2e": "true"}}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn helm(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("helm")
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("helm (is `scripts/cluster.sh env` on PATH?): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs a statement against the server of `DATABASE_URL` as its owner.
+async fn admin_sql(statement: &str) {
+    let base = required_env("DATABASE_URL");
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    let _ = conn.close().await;
+}
+
+/// The logs of the release's pods, for a failure message.
+fn pod_logs(namespace: &str) -> String {
+    let mut out = String::new();
+    if let Ok(dir) = std::fs::read_dir(log_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("pod-{namespace}-")) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out.push_str(&format!("\n--- {name}\n"));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+fn record_timing(what: &str, elapsed: Duration) {
+    let line = format!("{what}\tok\t{:.1}", elapsed.as_secs_f64());
+    eprintln!("e2e timing: {line}");
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log_dir().join("timings.tsv"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+}
+
+/// A client that authenticates with `token` and nothing else.
+async fn client_with_token(token: &str) -> Client {
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..kube::config::AuthInfo::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
+/// What a failed run would otherwise leave in the shared cluster: a release whose pods
+/// are bound to a node nobody runs any more (its uninstall hook could never run), that
+/// node, the namespaces (an endpoint's finalizer would hold one forever) and the
+/// database. Removed when the test fails; the pods' logs stay in `target/e2e-logs`.
+struct Leftovers {
+    release: String,
+    system: String,
+    tenants: String,
+    node: String,
+    database: String,
+    armed: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        eprintln!(
+            "helm_install failed: removing release {} (no hooks), node {}, namespaces {} and {}, \
+             database {}; pod logs in {}",
+            self.release,
+            self.node,
+            self.system,
+            self.tenants,
+            self.database,
+            log_dir().display()
+        );
+        let run = |program: &str, args: &[&str]| {
+            let _ = std::process::Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        run(
+            "helm",
+            &[
+                "uninstall",
+                &self.release,
+                "--namespace",
+                &self.system,
+                "--no-hooks",
+            ],
+        );
+        let endpoints = std::process::Command::new("kubectl")
+            .args([
+                "get",
+                "ingestionendpoints",
+                "--namespace",
+                &self.tenants,
+                "-o",
+                "name",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for endpoint in endpoints.lines() {
+            run(
+                "kubectl",
+                &[
+                    "patch",
+                    endpoint,
+                    "--namespace",
+                    &self.tenants,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+            );
+        }
+        for ns in [&self.system, &self.tenants] {
+            run(
+                "kubectl",
+                &[
+                    "delete",
+                    "pods",
+                    "--all",
+                    "--namespace",
+                    ns,
+                    "--force",
+                    "--grace-period=0",
+                ],
+            );
+            run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
+        }
+        run("kubectl", &["delete", "node", &self.node, "--wait=false"]);
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(async {
+                    if let Ok(mut conn) =
+                        sqlx::PgConnection::connect(&required_env("DATABASE_URL")).await
+                    {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// The operator of the other e2e tests (`tests/e2e.rs`) serves every namespace with
+/// admin credentials: a run of it beside this test (another checkout on the same
+/// cluster) would reconcile this test's tenant too, and the two operators would fight
+/// over it. It reconciles nothing until it holds [`SUITE_LEASE`], so this test holds
+/// that Lease itself while the chart's operator works (waiting for a running suite's
+/// operator to let it go), through the operator's own leader election.
+struct SuiteOperatorStandsBy {
+    elector: std::sync::Arc<LeaderElector>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl SuiteOperatorStandsBy {
+    async fn hold(client: &Client, identity: &str) -> Self {
+        let elector = std::sync::Arc::new(LeaderElector::new(
+            Api::namespaced(client.clone(), SUITE_LEASE_NAMESPACE),
+            LeaseConfig {
+                name: SUITE_LEASE.to_owned(),
+                identity: identity.to_owned(),
+                lease_duration: Duration::from_secs(15),
+                renew_period: Duration::from_secs(2),
+            },
+        ));
+        let waited = Instant::now();
+        tokio::time::timeout(Duration::from_secs(300), elector.acquire())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{SUITE_LEASE_NAMESPACE}/{SUITE_LEASE} held by another operator for 300s")
+            });
+        if waited.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "helm_install: waited {:?} for the e2e suite's operator to stand by",
+                waited.elapsed()
+            );
+        }
+        let holder = elector.clone();
+        let renewing = tokio::spawn(async move {
+            let error = holder.hold().await;
+            eprintln!("helm_install: lost {SUITE_LEASE}: {error}");
+        });
+        Self { elector, renewing }
+    }
+
+    async fn release(self) {
+        self.renewing.abort();
+        self.elector.release().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly() {
+    let test_started = Instant::now();
+    if let Err(e) = mount_namespaces_available() {
+        panic!("the test kubelet needs user and mount namespaces: {e}");
+    }
+    ensure_crd().await;
+    let client = client().await;
+    let sfx = suffix();
+    // A release name of its own: the chart's cluster-scoped objects (the tenant
+    // ClusterRoles) are named after the release.
+    let release = format!("ap-{sfx}");
+    // The chart's name for the operator's Deployment, ServiceAccount and Lease.
+    let operator = format!("{release}-operator");
+    let operator_selector =
+        format!("app.kubernetes.io/name=anchorpipe-operator,app.kubernetes.io/instance={release}");
+    let system = format!("e2e-helm-{sfx}");
+    let tenants = format!("e2e-helm-tenant-{sfx}");
+    let db = format!("anchorpipe_helm_{sfx}");
+    let suite_operator = SuiteOperatorStandsBy::hold(&client, &format!("helm-install-{sfx}")).await;
+    // Declared before the node: on a failure the node is dropped first (its processes
+    // die), then this removes what the run made.
+    let mut leftovers = Leftovers {
+        release: release.clone(),
+        system: system.clone(),
+        tenants: tenants.clone(),
+        node: String::new(),
+        database: db.clone(),
+        armed: true,
+    };
+    namespace(&client, &system).await;
+    namespace(&client, &tenants).await;
+    let node = Node::start(&client).await;
+    leftovers.node = node.name.clone();
+
+    // An empty platform database: the chart's migration Job creates the schema.
+    admin_sql(&format!("CREATE DATABASE \"{db}\"")).await;
+    let database_url = with_database(&required_env("DATABASE_URL"), &db);
+
+    let scheduling = node.scheduling();
+    let values = json!({
+        "platformSecret": {
+            "create": true,
+            "databaseUrl": database_url,
+            "amqpUrl": required_env("AMQP_URL"),
+            "rabbitmqManagementUrl": required_env("RABBITMQ_MANAGEMENT_URL"),
+        },
+        "operator": {
+            "watchNamespaces": [tenants],
+            "logFormat": "text",
+            "brokerTimeoutSeconds": 3,
+            "cleanupTimeoutSeconds": 20,
+            "nodeSelector": scheduling["nodeSelector"],
+            "tolerations": scheduling["tolerations"],
+        },
+        "migrations": {
+            "nodeSelector": scheduling["nodeSelector"],
+            "tolerations": scheduling["tolerations"],
+        },
+        "uninstall": {"waitTimeoutSeconds": 30},
+    });
+    let values_file = std::env::temp_dir().join(format!("anchorpipe-helm-values-{sfx}.json"));
+    std::fs::write(&values_file, values.to_string()).unwrap();
+    let values_path = values_file.to_string_lossy().into_owned();
+    let chart = chart();
+    let chart_path = chart.to_string_lossy().into_owned();
+
+    // Install: the pre-install hooks (platform Secret, migration Job) and then the
+    // operator, waited for until its Deployment is available.
+    let install_started = Instant::now();
+    let (ok, out) = helm(&[
+        "install",
+        &release,
+        &chart_path,
+        "--namespace",
+        &system,
+        "--values",
+        &values_path,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .await;
+    let _ = std::fs::remove_file(&values_file);
+    let installed = install_started.elapsed();
+    assert!(
+        ok,
+        "helm install: {out}\nkubelet errors: {:?}{}",
+        node.errors(),
+        pod_logs(&system)
+    );
+    record_timing("helm_install: install --wait", installed);
+
+    // The migration Job ran to completion against the platform database (the hook is
+    // deleted once it succeeded; the schema stays).
+    let mut conn = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+    assert!(tables > 0, "the migration Job left no tables in {db}");
+    let migrate_log = std::fs::read_dir(log_dir()).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("pod-{system}-{operator}-migrate-"))
+    });
+    assert!(
+        migrate_log,
+        "the migration Job's pod never ran on the test node"
+    );
+
+    // Two operator pods, on the test node, as the chart's ServiceAccount, Ready.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &system);
+    let operators = pods
+        .list(&ListParams::default().labels(&operator_selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    for pod in &operators {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(node.name.as_str()));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some(operator.as_str())
+        );
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            "{:?}",
+            status.conditions
+        );
+    }
+    let names: Vec<String> = operators.iter().map(ResourceExt::name_any).collect();
+
+    // One of them leads, by the Lease the chart lets it hold.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &system);
+    let leader = eventually("the operator's Lease held", Duration::from_secs(30), || {
+        let leases = leases.clone();
+        let names = names.clone();
+        let operator = operator.clone();
+        async move {
+            let lease = leases.get(&operator).await.map_err(|e| e.to_string())?;
+            let holder = lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            if names.contains(&holder) {
+                Ok(holder)
+            } else {
+                Err(format!("holder {holder:?}, pods {names:?}"))
+            }
+        }
+    })
+    .await;
+
+    // What the leader's process authenticates with: the token projected into its pod is
+    // the chart's ServiceAccount, and that account may not read the platform Secret.
+    let leader_pod = operators.iter().find(|p| p.name_any() == leader).unwrap();
+    let access = leader_pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.projected.is_some())
+        .expect("the ServiceAccount admission's projected token volume")
+        .name
+        .clone();
+    let token = std::fs::read_to_string(
+        node.volume_dir(&leader_pod.uid().unwrap(), &access)
+            .join("token"),
+    )
+    .unwrap();
+    let as_operator = client_with_token(&token).await;
+    let review: SelfSubjectReview = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+    }))
+    .unwrap();
+    let review = Api::<SelfSubjectReview>::all(as_operator.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    let user = review.status.unwrap().user_info.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{system}:{operator}").as_str())
+    );
+    let denied = Api::<Secret>::namespaced(as_operator, &system)
+        .get("anchorpipe-platform")
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403),
+        "{denied:?}"
+    );
+
+    // A tenant's endpoint, made Ready by the chart's operator.
+    let endpoints: Api<IngestionEndpoint> = Api::namespaced(client.clone(), &tenants);
+    let tenant = format!("shop-{sfx}");
+    let repo = uuid::Uuid::new_v4().to_string();
+    let applied = Instant::now();
+    endpoints
+        .patch(
+            "shop",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "anchorpipe.dev/v1alpha1",
+                "kind": "IngestionEndpoint",
+                "metadata": {"name": "shop"},
+                "spec": {"tenant": tenant, "repositories": [repo], "replicas": 1},
+            })),
+        )
+        .await
+        .unwrap();
+    let ep = eventually("the tenant endpoint Ready", Duration::from_secs(90), || {
+        let endpoints = endpoints.clone();
+        async move {
+            let ep = endpoints.get("shop").await.map_err(|e| e.to_string())?;
+            if is_ready(&ep) {
+                Ok(ep)
+            } else {
+                Err(format!("{:?}", ep.status))
+            }
+        }
+    })
+    .await;
+    record_timing("helm_install: endpoint applied -> Ready", applied.elapsed());
+    record_timing(
+        "helm_install: helm install -> endpoint Ready",
+        install_started.elapsed(),
+    );
+    // The tenant's pods run the chart's ingest image: this operator made them.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &tenants)
+        .get("shop-ingest")
+        .await
+        .unwrap();
+    let image = deployment.spec.template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(
+        image.as_deref(),
+        Some(format!("anchorpipe-ingest:{}", chart_app_version()).as_str())
+    );
+
+    // The tenant's ingest pod, run from that Deployment, takes a signed report.
+    let key_id = ep.status.as_ref().unwrap().current_key_id.clone().unwrap();
+    let hmac = Api::<Secret>::namespaced(client.clone(), &tenants)
+        .get("shop-hmac")
+        .await
+        .unwrap();
+    let secret = String::from_utf8(hmac.data.unwrap().remove(&key_id).unwrap().0).unwrap();
+    let mut ingest = KubeletPod::from_deployment(&client, &tenants, "shop-ingest").await;
+    ingest.start().await;
+    let (status, answer) = report::post(&ingest.base_url(), &repo, "helm-1", &secret).await;
+    assert_eq!(status, 200, "{answer}");
+    drop(ingest);
+
+    // Deleting the endpoint: the operator removes the tenant's queue and login and lets
+    // it go.
+    endpoints
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the endpoint deleted", Duration::from_secs(60), || {
+        let endpoints = endpoints.clone();
+        async move {
+            match endpoints.get_opt("shop").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|e| e.map(|e| e.status)))),
+            }
+        }
+    })
+    .await;
+
+    suite_operator.release().await;
+
+    // Uninstall: the pre-delete hook stops the operator and releases the Lease; then
+    // the release's objects go.
+    let uninstall_started = Instant::now();
+    let (ok, out) = helm(&[
+        "uninstall",
+        &release,
+        "--namespace",
+        &system,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .await;
+    assert!(
+        ok,
+        "helm uninstall: {out}\nkubelet errors: {:?}{}",
+        node.errors(),
+        pod_logs(&system)
+    );
+    record_timing(
+        "helm_install: uninstall --wait",
+        uninstall_started.elapsed(),
+    );
+    assert!(leases.get_opt(&operator).await.unwrap().is_none());
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &system)
+            .get_opt(&operator)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let hook_log = std::fs::read_dir(log_dir()).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("pod-{system}-{operator}-uninstall-"))
+    });
+    assert!(
+        hook_log,
+        "the uninstall hook's pod never ran on the test node"
+    );
+    eventually("the operator pods gone", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        let operator_selector = operator_selector.clone();
+        async move {
+            let left = pods
+                .list(&ListParams::default().labels(&operator_selector))
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    left.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+                ))
+            }
+        }
+    })
+    .await;
+    assert!(node.errors().is_empty(), "{:?}", node.errors());
+
+    leftovers.armed = false;
+    node.shutdown().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [&tenants, &system] {
+        let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    }
+    admin_sql(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+    record_timing("helm_install", test_started.elapsed());
+}
