@@ -102,6 +102,24 @@ pub async fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> Kubectl {
     }
 }
 
+/// Creates namespace `name`, labelled as an e2e namespace (what clean-ups look for).
+pub async fn create_namespace(client: &Client, name: &str) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([("anchorpipe.dev/e2e".to_owned(), "true".to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    if let Err(error) = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        panic!("creating namespace {name}: {error}");
+    }
+}
+
 static CRD: OnceCell<()> = OnceCell::const_new();
 
 /// Applies the generated CRD with server-side apply, once per test binary, and waits

@@ -196,19 +196,7 @@ impl Pod {
                 }
                 Source::ConfigMap { name, mode } => {
                     let cm = self.config_map(name).await;
-                    let mut files: BTreeMap<String, Vec<u8>> = cm
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    files.extend(
-                        cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    );
-                    (files, *mode)
+                    (crate::node::config_map_files(cm), *mode)
                 }
                 Source::EmptyDir => continue,
             };

@@ -976,7 +976,8 @@ fn pod_field(pod: &Pod, path: &str, ip: &str) -> Result<String, String> {
     Ok(value.unwrap_or_default())
 }
 
-fn config_map_files(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
+/// A ConfigMap's `data` and `binaryData` as files, the way a kubelet projects them.
+pub(crate) fn config_map_files(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
     let mut files: BTreeMap<String, Vec<u8>> = cm
         .data
         .unwrap_or_default()

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anchorpipe_crds::v1alpha1::IngestionEndpoint;
 use anchorpipe_e2e::cluster::{
-    MANAGER, SUITE_LEASE, SUITE_LEASE_NAMESPACE, client, ensure_crd, is_ready, with_database,
+    MANAGER, SUITE_LEASE, SUITE_LEASE_NAMESPACE, client, create_namespace, ensure_crd, is_ready,
+    with_database,
 };
 use anchorpipe_e2e::kubelet::Pod as KubeletPod;
 use anchorpipe_e2e::node::{Node, mount_namespaces_available};
@@ -45,17 +46,6 @@ fn chart_app_version() -> String {
         .find_map(|l| l.strip_prefix("appVersion:"))
         .map(|v| v.trim().trim_matches('"').to_owned())
         .unwrap()
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"anchorpipe.dev/e2e": "true"}}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
 }
 
 async fn helm(args: &[&str]) -> (bool, String) {
@@ -309,8 +299,8 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
         database: db.clone(),
         armed: true,
     };
-    namespace(&client, &system).await;
-    namespace(&client, &tenants).await;
+    create_namespace(&client, &system).await;
+    create_namespace(&client, &tenants).await;
     let node = Node::start(&client).await;
     leftovers.node = node.name.clone();
 

@@ -15,7 +15,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anchorpipe_crds::v1alpha1::{FINALIZER, IngestionEndpoint};
-use anchorpipe_e2e::cluster::{MANAGER, client, ensure_crd, kubectl, kubectl_stdin};
+use anchorpipe_e2e::cluster::{
+    MANAGER, client, create_namespace, ensure_crd, kubectl, kubectl_stdin,
+};
 use anchorpipe_e2e::{binary, eventually, suffix};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -34,14 +36,7 @@ const LEASE_SECONDS: i32 = 4;
 
 async fn namespace(client: &Client, label: &str) -> String {
     let name = format!("e2e-uninstall-{label}-{}", suffix());
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"anchorpipe.dev/e2e": "true"}}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    create_namespace(client, &name).await;
     name
 }
 
