@@ -10,8 +10,9 @@
 //!   one at a time, so each `SELECT … SKIP LOCKED` starts after the rows of every batch
 //!   still in flight are locked, and the batches are disjoint exactly as two replicas'
 //!   are. Each batch commits on its own: a failed batch aborts only its transaction.
-//!   Rows are published in id order within a batch; across batches (and replicas) no
-//!   order is kept.
+//!   Rows are claimed earliest due first (`next_attempt_at, id`: the order of the
+//!   partial index of unsent rows, so a claim reads only unsent rows however many sent
+//!   ones retention keeps); across batches (and replicas) no order is kept.
 //! - One long-lived connection; every message of a batch is published before any of its
 //!   confirms is awaited (pipelined), persistent, `mandatory` (an unroutable message
 //!   comes back and counts as refused), `message_id` = ingestion id.
@@ -404,7 +405,7 @@ impl Relay {
                     traceparent, attempts
              FROM outbox
              WHERE tenant = $1 AND sent_at IS NULL AND next_attempt_at <= now()
-             ORDER BY id
+             ORDER BY next_attempt_at, id
              LIMIT $2
              FOR UPDATE SKIP LOCKED",
         )
