@@ -231,6 +231,19 @@ pub(crate) async fn fresh_database(settings: &Settings) -> anyhow::Result<String
     fresh_named_database(&settings.database_url, BENCH_DB).await
 }
 
+/// Drops `database` next to the one `database_url` names, if it exists.
+pub(crate) async fn drop_database(database_url: &str, database: &str) -> anyhow::Result<()> {
+    let mut admin = sqlx::PgConnection::connect(database_url).await?;
+    // `database` is one of the bench's own constant names, never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await?;
+    Ok(())
+}
+
 /// Drops and recreates `database` next to the one `database_url` names, migrated.
 pub(crate) async fn fresh_named_database(
     database_url: &str,

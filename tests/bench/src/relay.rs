@@ -10,8 +10,8 @@
 //!    taken from the first sample that shows progress to the last, so process start-up
 //!    and the broker connection are not counted against the relay.
 //!
-//! Everything runs in its own database (`anchorpipe_bench_relay`) and its own tenant
-//! topology on the broker (deleted at the end).
+//! Everything runs in its own database (`anchorpipe_bench_relay`, dropped at the end) and
+//! its own tenant topology on the broker (deleted at the end).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -247,6 +247,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Round>> {
     }
     let _ = matrix::delete_topology(&settings.amqp_url, &config.broker).await;
     pool.close().await;
+    // Every round leaves its ingestions behind: hundreds of MiB nobody reads again.
+    matrix::drop_database(&settings.database_url, RELAY_DB).await?;
 
     let mut ratios: Vec<f64> = rounds.iter().map(Round::ratio).collect();
     ratios.sort_by(f64::total_cmp);
