@@ -8,6 +8,9 @@
 #   scripts/bench.sh --attack           the under-attack scenario of issue 10 instead (writes
 #                                       tests/bench/ATTACK.md); any `attack` flag can follow,
 #                                       e.g. --rate 100 --duration 30
+#   scripts/bench.sh --relay            the relay draining a full outbox against plain
+#                                       publish-with-confirms, alternating rounds; prints the
+#                                       ratio (any `relay` flag can follow, e.g. --rounds 5)
 #
 # The load generator runs on the same machine as the services, as a CI runner next to
 # a small cluster would; its own CPU use is reported per point.
@@ -43,6 +46,14 @@ if [ "${1:-}" = "--attack" ]; then
     exec target/release/anchorpipe-bench attack \
         --ingest-bin target/release/anchorpipe-ingest \
         --out-dir tests/bench \
+        "$@"
+fi
+
+if [ "${1:-}" = "--relay" ]; then
+    shift
+    log "load average before the relay run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exec target/release/anchorpipe-bench relay \
+        --ingest-bin target/release/anchorpipe-ingest \
         "$@"
 fi
 

@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// Outbox rows the relay publishes per batch (all in flight at once).
     #[arg(long, env = "INGEST_RELAY_BATCH_SIZE", default_value_t = 256)]
     pub relay_batch_size: i64,
+    /// Relay batches in flight at once, each on its own channel and database
+    /// connection: the next batch is claimed and published while the previous one
+    /// awaits its confirms and is marked.
+    #[arg(long, env = "INGEST_RELAY_BATCHES_IN_FLIGHT", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub relay_batches_in_flight: u16,
     /// Benchmark only: answer right after the signature verified, storing nothing.
     #[arg(long, hide = true)]
     pub bench_verify_only: bool,
@@ -290,6 +296,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&delivery),
         crate::relay::RelaySettings {
             batch_size: args.relay_batch_size,
+            batches_in_flight: usize::from(args.relay_batches_in_flight),
             ..Default::default()
         },
         shutdown.clone(),

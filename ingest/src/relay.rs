@@ -4,15 +4,24 @@
 //!   that stays open while the batch is published, so several relays (replicas) share
 //!   the work without publishing the same row at the same time, and a relay that dies
 //!   mid-batch releases its rows by dying (the transaction aborts).
-//! - One long-lived connection and a confirm-mode channel; every message of a batch is
-//!   published before any confirm is awaited (pipelined), persistent, `mandatory` (an
-//!   unroutable message comes back and counts as refused), `message_id` = ingestion id.
+//! - Batches overlap: up to `batches_in_flight` are claimed and unfinished at once, each
+//!   on its own *lane* (a confirm-mode channel of its own), so the next batch is claimed
+//!   and published while the previous one awaits its confirms and is marked. Claims run
+//!   one at a time, so each `SELECT … SKIP LOCKED` starts after the rows of every batch
+//!   still in flight are locked, and the batches are disjoint exactly as two replicas'
+//!   are. Each batch commits on its own: a failed batch aborts only its transaction.
+//!   Rows are claimed earliest due first (`next_attempt_at, id`: the order of the
+//!   partial index of unsent rows, so a claim reads only unsent rows however many sent
+//!   ones retention keeps); across batches (and replicas) no order is kept.
+//! - One long-lived connection; every message of a batch is published before any of its
+//!   confirms is awaited (pipelined), persistent, `mandatory` (an unroutable message
+//!   comes back and counts as refused), `message_id` = ingestion id.
 //! - Only confirmed rows are marked sent; refused ones get `attempts + 1` and a
 //!   `next_attempt_at` with exponential backoff. A lost connection aborts the batch and
 //!   reconnects with backoff; the rows stay unsent and are published again later, so
 //!   delivery is at-least-once (consumers dedupe by `message_id`).
-//! - Each row fails on its own. When a batch loses its *channel* (the broker closes it
-//!   for one message: an exchange that is gone, a message over its size limit) or a
+//! - Each row fails on its own. When a batch loses its lane's channel (the broker closes
+//!   it for one message: an exchange that is gone, a message over its size limit) or a
 //!   confirm does not come within `outbox.confirmTimeoutSeconds`, the batch is
 //!   republished one row at a time on fresh channels, so the row at fault is found and
 //!   charged an attempt while the others are delivered. After `outbox.maxAttempts`
@@ -34,12 +43,14 @@ use std::time::Duration;
 
 use anchorpipe_crds::config::{BrokerTopology, IngestConfig};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_util::future::join_all;
+use futures_util::StreamExt as _;
+use futures_util::future::{BoxFuture, join_all};
+use futures_util::stream::FuturesUnordered;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,6 +62,10 @@ use crate::metrics::Metrics;
 pub struct RelaySettings {
     /// Rows claimed and published per batch (all in flight at once).
     pub batch_size: i64,
+    /// Batches claimed and not yet finished at once, each on its own channel. Two let
+    /// the database work of one batch (claim, mark, commit) run while the broker takes
+    /// the other's messages; each holds a database connection while in flight.
+    pub batches_in_flight: usize,
     /// Fallback poll when no in-process wake-up arrives.
     pub poll_interval: Duration,
     /// Retry delay for a refused row: `min(base * 2^attempts, max)`.
@@ -70,6 +85,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 256,
+            batches_in_flight: 2,
             poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
@@ -108,11 +124,30 @@ struct OutboxRow {
     attempts: i32,
 }
 
-/// Outcome of one published batch.
+/// Outcome of one published batch (or of several, summed).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub confirmed: usize,
     pub refused: usize,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.confirmed += other.confirmed;
+        self.refused += other.refused;
+    }
+}
+
+/// A claimed batch: its rows stay locked by `tx` until the batch commits or aborts.
+struct Claim {
+    tx: Transaction<'static, Postgres>,
+    rows: Vec<OutboxRow>,
+}
+
+/// What finished in the drain pipeline. A lane travels with its batch and comes back.
+enum Step {
+    Claimed(Channel, Result<Option<Claim>, RelayError>),
+    Delivered(Channel, Result<BatchOutcome, RelayError>),
 }
 
 pub struct Relay {
@@ -178,8 +213,8 @@ impl Relay {
         self.metrics.broker_up.set(i64::from(up));
     }
 
-    /// Connects, enables confirms and checks (passively) that the topology exists.
-    async fn connect(&self) -> Result<(Connection, Channel), RelayError> {
+    /// Connects, checks (passively) that the topology exists and opens the lanes.
+    async fn connect(&self) -> Result<(Connection, Vec<Channel>), RelayError> {
         let properties = ConnectionProperties::default().with_connection_name(LongString::from(
             format!("anchorpipe-ingest/{}", self.tenant),
         ));
@@ -195,8 +230,16 @@ impl Relay {
             .store(missing, Ordering::Relaxed);
         checked?;
         let _ = probe.close(200, "topology checked".into()).await;
-        let channel = confirm_channel(&connection).await?;
-        Ok((connection, channel))
+        let lanes = self.open_lanes(&connection).await?;
+        Ok((connection, lanes))
+    }
+
+    async fn open_lanes(&self, connection: &Connection) -> Result<Vec<Channel>, lapin::Error> {
+        let mut lanes = Vec::with_capacity(self.settings.batches_in_flight.max(1));
+        for _ in 0..self.settings.batches_in_flight.max(1) {
+            lanes.push(confirm_channel(connection).await?);
+        }
+        Ok(lanes)
     }
 
     /// Runs until `shutdown`: connect, drain, wait for work; reconnect with backoff.
@@ -204,11 +247,12 @@ impl Relay {
         let mut backoff = self.reconnect_backoff();
         while !shutdown.is_cancelled() {
             match self.connect().await {
-                Ok((connection, channel)) => {
-                    tracing::info!(tenant = %self.tenant, "relay connected to the broker");
+                Ok((connection, mut lanes)) => {
+                    tracing::info!(tenant = %self.tenant, lanes = lanes.len(),
+                        "relay connected to the broker");
                     self.set_broker_up(true);
                     backoff = self.reconnect_backoff();
-                    let result = self.serve(&connection, channel, &shutdown).await;
+                    let result = self.serve(&connection, &mut lanes, &shutdown).await;
                     self.set_broker_up(false);
                     let _ = connection.close(200, "relay stopping".into()).await;
                     match result {
@@ -244,17 +288,12 @@ impl Relay {
     async fn serve(
         &self,
         connection: &Connection,
-        mut channel: Channel,
+        lanes: &mut Vec<Channel>,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         loop {
             // Drain everything due before waiting.
-            loop {
-                let outcome = self.publish_batch(connection, &mut channel).await?;
-                if outcome.confirmed + outcome.refused < self.settings.batch_size as usize {
-                    break;
-                }
-            }
+            self.drain_on(connection, lanes).await?;
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
@@ -263,22 +302,110 @@ impl Relay {
         }
     }
 
+    /// Publishes every row that is due, `batches_in_flight` batches overlapping, on
+    /// lanes of its own. Returns the summed outcome; `Err` when the connection or the
+    /// database failed (after the other batches in flight finished).
+    pub async fn drain(&self, connection: &Connection) -> Result<BatchOutcome, RelayError> {
+        let mut lanes = self.open_lanes(connection).await?;
+        let drained = self.drain_on(connection, &mut lanes).await;
+        for lane in lanes {
+            let _ = lane.close(200, "drained".into()).await;
+        }
+        drained
+    }
+
+    /// The drain pipeline: claim → publish and await confirms → mark and commit, with
+    /// the next claim started as soon as a lane is free. Claims never overlap one
+    /// another (see the module docs). A failure stops new claims; the batches already
+    /// in flight still finish, so confirmed rows are marked when the database allows.
+    async fn drain_on(
+        &self,
+        connection: &Connection,
+        lanes: &mut Vec<Channel>,
+    ) -> Result<BatchOutcome, RelayError> {
+        let full = usize::try_from(self.settings.batch_size).unwrap_or(usize::MAX);
+        let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = FuturesUnordered::new();
+        let mut total = BatchOutcome::default();
+        let mut claiming = false;
+        let mut more = true;
+        let mut failure: Option<RelayError> = None;
+        loop {
+            if more
+                && !claiming
+                && failure.is_none()
+                && let Some(lane) = lanes.pop()
+            {
+                claiming = true;
+                steps.push(Box::pin(
+                    async move { Step::Claimed(lane, self.claim().await) },
+                ));
+            }
+            let Some(step) = steps.next().await else {
+                break;
+            };
+            match step {
+                Step::Claimed(mut lane, claimed) => {
+                    claiming = false;
+                    match claimed {
+                        Ok(Some(claim)) => {
+                            more = claim.rows.len() >= full;
+                            steps.push(Box::pin(async move {
+                                let delivered = self.deliver(connection, &mut lane, claim).await;
+                                Step::Delivered(lane, delivered)
+                            }));
+                        }
+                        Ok(None) => {
+                            more = false;
+                            lanes.push(lane);
+                        }
+                        Err(error) => {
+                            lanes.push(lane);
+                            failure.get_or_insert(error);
+                        }
+                    }
+                }
+                Step::Delivered(lane, delivered) => {
+                    lanes.push(lane);
+                    match delivered {
+                        Ok(outcome) => total += outcome,
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                        }
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(total),
+        }
+    }
+
     /// Claims up to one batch of due rows, publishes them all, awaits the confirms and
-    /// records the outcome, in one transaction. When the channel is lost or a confirm
-    /// times out while the connection is still up, the batch is republished one row at
-    /// a time ([`Self::isolate`]) so only the row at fault is charged.
+    /// records the outcome, in one transaction, on `channel`. When the channel is lost
+    /// or a confirm times out while the connection is still up, the batch is
+    /// republished one row at a time ([`Self::isolate`]) so only the row at fault is
+    /// charged.
     pub async fn publish_batch(
         &self,
         connection: &Connection,
         channel: &mut Channel,
     ) -> Result<BatchOutcome, RelayError> {
+        match self.claim().await? {
+            Some(claim) => self.deliver(connection, channel, claim).await,
+            None => Ok(BatchOutcome::default()),
+        }
+    }
+
+    /// Locks up to one batch of due rows in a new transaction; `None` when none is due.
+    async fn claim(&self) -> Result<Option<Claim>, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, ingestion_id, exchange, routing_key, message::text AS message, request_id,
                     traceparent, attempts
              FROM outbox
              WHERE tenant = $1 AND sent_at IS NULL AND next_attempt_at <= now()
-             ORDER BY id
+             ORDER BY next_attempt_at, id
              LIMIT $2
              FOR UPDATE SKIP LOCKED",
         )
@@ -288,9 +415,23 @@ impl Relay {
         .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(BatchOutcome::default());
+            return Ok(None);
         }
+        Ok(Some(Claim { tx, rows }))
+    }
 
+    /// Publishes a claimed batch on `channel` (reopened first if a previous batch left
+    /// it closed), then marks what was confirmed and charges what failed, and commits.
+    async fn deliver(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+        claim: Claim,
+    ) -> Result<BatchOutcome, RelayError> {
+        let Claim { mut tx, rows } = claim;
+        if !channel.status().connected() {
+            *channel = confirm_channel(connection).await?;
+        }
         let results = match self.publish_pipelined(channel, &rows).await {
             Ok(results) => results,
             Err(error) if connection.status().connected() => {

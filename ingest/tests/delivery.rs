@@ -411,28 +411,7 @@ async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
     let n: i64 = 3000;
     let batch = relay::RelaySettings::default().batch_size;
     // Fill the outbox directly: the relay alone is measured, not the HTTP side.
-    sqlx::query(
-        "WITH i AS (
-             INSERT INTO ingestions (id, tenant, repo_id, commit_sha, run_id, framework,
-                                     test_count, payload, response, request_id)
-             SELECT gen_random_uuid(), $1, gen_random_uuid(), repeat('a', 40), g::text,
-                    'junit', 1, '{}', '{}', 'bench'
-             FROM generate_series(1, $2) g
-             RETURNING id)
-         INSERT INTO outbox (ingestion_id, tenant, exchange, routing_key, message, request_id)
-         SELECT id, $1, $3, $4,
-                jsonb_build_object('type', 'test.run.received', 'ingestionId', id,
-                                   'payload', jsonb_build_object('testCount', 1)),
-                'bench'
-         FROM i",
-    )
-    .bind(&config.tenant)
-    .bind(n)
-    .bind(&config.broker.exchange)
-    .bind(&config.broker.routing_key)
-    .execute(&pool)
-    .await
-    .unwrap();
+    fill_outbox(&pool, &config, n, &[]).await;
     let state = state(pool.clone(), config.clone());
     let relay = Relay::new(
         pool.clone(),
@@ -442,26 +421,16 @@ async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
         state.metrics.clone(),
         state.delivery.clone(),
     );
-    let (connection, mut channel) = channel().await;
+    let (connection, channel) = channel().await;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await
         .unwrap();
     let started = Instant::now();
-    let mut confirmed = 0;
-    loop {
-        let outcome = relay
-            .publish_batch(&connection, &mut channel)
-            .await
-            .unwrap();
-        confirmed += outcome.confirmed;
-        assert_eq!(outcome.refused, 0);
-        if outcome.confirmed == 0 {
-            break;
-        }
-    }
+    let outcome = relay.drain(&connection).await.unwrap();
     let relay_elapsed = started.elapsed();
-    assert_eq!(confirmed as i64, n);
+    assert_eq!(outcome.refused, 0);
+    assert_eq!(outcome.confirmed as i64, n);
 
     // The plain loop: the same message size, `batch` in flight, confirms awaited per batch.
     let message = serde_json::to_vec(&serde_json::json!({
@@ -505,5 +474,264 @@ async fn relay_rate_next_to_a_plain_confirm_loop(pool: PgPool) {
         rate(relay_elapsed) / rate(plain_elapsed)
     );
     let _ = connection.close(200, "done".into()).await;
+    delete(&config.broker).await;
+}
+
+/// Writes `n` due outbox rows (with their ingestions) straight into the table, in id
+/// order; the rows at the positions in `poison` name an exchange that does not exist,
+/// so the broker closes the channel that publishes them. Returns the ingestion ids in
+/// id order.
+async fn fill_outbox(
+    pool: &PgPool,
+    config: &anchorpipe_crds::IngestConfig,
+    n: i64,
+    poison: &[i64],
+) -> Vec<String> {
+    sqlx::query_scalar(
+        "WITH i AS (
+             INSERT INTO ingestions (id, tenant, repo_id, commit_sha, run_id, framework,
+                                     test_count, payload, response, request_id)
+             SELECT gen_random_uuid(), $1, gen_random_uuid(), repeat('a', 40), g::text,
+                    'junit', 1, '{}', '{}', 'fill'
+             FROM generate_series(1, $2) g
+             RETURNING id, run_id::bigint AS position)
+         INSERT INTO outbox (ingestion_id, tenant, exchange, routing_key, message, request_id)
+         SELECT id, $1,
+                CASE WHEN position = ANY($5) THEN 'anchorpipe.gone.' || $1 ELSE $3 END, $4,
+                jsonb_build_object('type', 'test.run.received', 'ingestionId', id,
+                                   'payload', jsonb_build_object('testCount', 1)),
+                'fill'
+         FROM i ORDER BY position
+         RETURNING ingestion_id::text",
+    )
+    .bind(&config.tenant)
+    .bind(n)
+    .bind(&config.broker.exchange)
+    .bind(&config.broker.routing_key)
+    .bind(poison)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Ingestion ids of the tenant's rows marked sent.
+async fn sent_ids(pool: &PgPool) -> HashSet<String> {
+    sqlx::query_scalar("SELECT ingestion_id::text FROM outbox WHERE sent_at IS NOT NULL")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn overlapping_batches_with_poison_rows_charge_only_those_rows(pool: PgPool) {
+    let config = tenant_config();
+    declare(&config.broker).await;
+    // 400 rows in batches of 50, three batches in flight; the poison rows (positions
+    // 75 and 120) sit in the second and third batches, which are in flight together.
+    let ids = fill_outbox(&pool, &config, 400, &[75, 120]).await;
+    let poison: HashSet<String> = [ids[74].clone(), ids[119].clone()].into();
+    let expected: HashSet<String> = ids
+        .iter()
+        .filter(|id| !poison.contains(*id))
+        .cloned()
+        .collect();
+    let state = state(pool.clone(), config.clone());
+    let relay = Relay::new(
+        pool.clone(),
+        &config,
+        amqp_url(),
+        relay::RelaySettings {
+            batch_size: 50,
+            batches_in_flight: 3,
+            // No retry falls due within the drain, so each poison row is tried once.
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(60),
+            ..fast_relay()
+        },
+        state.metrics.clone(),
+        state.delivery.clone(),
+    );
+    let (connection, _) = channel().await;
+    let outcome = relay.drain(&connection).await.unwrap();
+    assert_eq!(
+        outcome,
+        relay::BatchOutcome {
+            confirmed: 398,
+            refused: 2
+        }
+    );
+
+    // Each poison row is charged one attempt; no other row is charged or left unsent.
+    let charged: Vec<(String, i32, bool, Option<String>)> = sqlx::query_as(
+        "SELECT ingestion_id::text, attempts, sent_at IS NOT NULL, last_error
+         FROM outbox WHERE attempts > 0 OR sent_at IS NULL ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(charged.len(), 2, "{charged:?}");
+    for (id, attempts, sent, error) in &charged {
+        assert!(poison.contains(id), "{id} charged");
+        assert_eq!(*attempts, 1);
+        assert!(!sent);
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("closed the channel")),
+            "{error:?}"
+        );
+    }
+    assert_eq!(sent_ids(&pool).await, expected);
+
+    // Everything else reached the queue (a batch that was isolated may have been
+    // published twice: at-least-once), and nothing of the poison rows did.
+    let taken = take_until(&config.broker.queue, &expected, Duration::from_secs(20)).await;
+    let taken: HashSet<String> = taken.into_iter().map(|t| t.message_id).collect();
+    assert!(
+        expected.is_subset(&taken),
+        "lost {}",
+        expected.difference(&taken).count()
+    );
+    assert!(taken.is_disjoint(&poison));
+    let _ = connection.close(200, "done".into()).await;
+    delete(&config.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn losing_the_connection_with_batches_in_flight_loses_nothing(pool: PgPool) {
+    let config = tenant_config();
+    declare(&config.broker).await;
+    let n = 3000;
+    let ids = fill_outbox(&pool, &config, n, &[]).await;
+    let state = state(pool.clone(), config.clone());
+    let relay = Relay::new(
+        pool.clone(),
+        &config,
+        amqp_url(),
+        relay::RelaySettings {
+            batch_size: 100,
+            batches_in_flight: 3,
+            ..fast_relay()
+        },
+        state.metrics.clone(),
+        state.delivery.clone(),
+    );
+    let (connection, _) = channel().await;
+    // The connection goes away once some batches are done and others are in flight.
+    let cut = async {
+        loop {
+            let sent: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if sent >= 300 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = connection.close(320, "connection lost".into()).await;
+    };
+    let (drained, ()) = tokio::join!(relay.drain(&connection), cut);
+    assert!(
+        drained.is_err(),
+        "the drain finished before the cut: {drained:?}"
+    );
+
+    // Nothing was charged for the loss, nothing is marked sent that the broker does not
+    // hold, and the rows of the aborted batches are still due.
+    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts > 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(charged, 0);
+    let marked = sent_ids(&pool).await;
+    assert!(marked.len() < ids.len(), "every row marked despite the cut");
+    let mut taken: HashSet<String> =
+        take_until(&config.broker.queue, &marked, Duration::from_secs(20))
+            .await
+            .into_iter()
+            .map(|t| t.message_id)
+            .collect();
+    assert!(
+        marked.is_subset(&taken),
+        "{} rows marked sent but not in the queue",
+        marked.difference(&taken).count()
+    );
+    let due: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(due as usize, ids.len() - marked.len());
+
+    // A new connection delivers the rest; together nothing is lost.
+    let (connection, _) = channel().await;
+    let outcome = relay.drain(&connection).await.unwrap();
+    assert_eq!(outcome.refused, 0);
+    assert_eq!(outcome.confirmed, ids.len() - marked.len());
+    let expected: HashSet<String> = ids.into_iter().collect();
+    let rest: HashSet<String> = expected.difference(&taken).cloned().collect();
+    taken.extend(
+        take_until(&config.broker.queue, &rest, Duration::from_secs(20))
+            .await
+            .into_iter()
+            .map(|t| t.message_id),
+    );
+    assert!(
+        expected.is_subset(&taken),
+        "lost {}",
+        expected.difference(&taken).count()
+    );
+    assert_eq!(sent_ids(&pool).await, expected);
+    let _ = connection.close(200, "done".into()).await;
+    delete(&config.broker).await;
+}
+
+#[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
+async fn two_relays_with_overlapping_batches_never_publish_a_row_twice(pool: PgPool) {
+    let config = tenant_config();
+    declare(&config.broker).await;
+    let expected: HashSet<String> = fill_outbox(&pool, &config, 2000, &[])
+        .await
+        .into_iter()
+        .collect();
+    let state = state(pool.clone(), config.clone());
+    let shutdown = CancellationToken::new();
+    // Claims of both relays and of each relay's lanes interleave; SKIP LOCKED keeps
+    // every batch in flight disjoint from every other, so with no failure nothing is
+    // published twice.
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            start_relay(
+                &pool,
+                &config,
+                &state,
+                relay::RelaySettings {
+                    batch_size: 50,
+                    batches_in_flight: 3,
+                    ..fast_relay()
+                },
+                &shutdown,
+            )
+        })
+        .collect();
+    let taken = take_until(&config.broker.queue, &expected, Duration::from_secs(60)).await;
+    let delivered: HashSet<String> = taken.iter().map(|t| t.message_id.clone()).collect();
+    assert!(
+        expected.is_subset(&delivered),
+        "lost {}",
+        expected.difference(&delivered).count()
+    );
+    assert_eq!(taken.len(), expected.len(), "a row was published twice");
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    assert_eq!(sent_ids(&pool).await, expected);
+    assert_eq!(state.metrics.published.get(), 2000);
     delete(&config.broker).await;
 }

@@ -6,6 +6,8 @@
 //! - `parser`: the report parser alone, new against previous (time, peak heap).
 //! - `attack`: legitimate traffic at a fixed rate, alone and beside each attack of
 //!   issue 10; writes `ATTACK.md` (linked from `RESULTS.md`).
+//! - `relay`: the relay draining a full outbox against plain publish-with-confirms,
+//!   alternating, in one run.
 
 mod attack;
 mod chart;
@@ -15,6 +17,7 @@ mod matrix;
 mod memory;
 mod parser;
 mod procstat;
+mod relay;
 mod report;
 mod results;
 
@@ -48,6 +51,34 @@ enum Command {
     Parser,
     /// Legitimate traffic alone, then beside each attack of issue 10; writes ATTACK.md.
     Attack(AttackArgs),
+    /// The relay draining a full outbox against publish-with-confirms, in rounds.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayArgs {
+    /// The release `anchorpipe-ingest` binary whose relay is measured.
+    #[arg(long)]
+    ingest_bin: PathBuf,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// Scratch directory for config, keys and logs.
+    #[arg(long, default_value = "/tmp/anchorpipe-bench-relay")]
+    work_dir: PathBuf,
+    /// Seconds of each publish-with-confirms measurement.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Outbox rows the relay drains per round.
+    #[arg(long, default_value_t = 50_000)]
+    rows: i64,
+    /// Rounds of (publish-with-confirms, relay); the median ratio is the verdict.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The relay's batch; publish-with-confirms uses the same.
+    #[arg(long, default_value_t = 256)]
+    relay_batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run(args) => run(args).await,
             Command::Load(args) => one_load(args).await,
             Command::Attack(args) => under_attack(args).await,
+            Command::Relay(args) => relay_pace(args).await,
             Command::Parser => Ok(()),
         }
     })
@@ -192,6 +224,22 @@ async fn under_attack(args: AttackArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(args.duration),
     };
     attack::run(settings).await?;
+    Ok(())
+}
+
+async fn relay_pace(args: RelayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let settings = relay::Settings {
+        ingest_bin: args.ingest_bin,
+        database_url: args.database_url,
+        amqp_url: args.amqp_url,
+        work_dir: args.work_dir,
+        duration: Duration::from_secs_f64(args.duration),
+        rows: args.rows,
+        rounds: args.rounds,
+        relay_batch: args.relay_batch,
+    };
+    relay::run(settings).await?;
     Ok(())
 }
 

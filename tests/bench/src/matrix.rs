@@ -229,17 +229,41 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
 }
 
 pub(crate) async fn fresh_database(settings: &Settings) -> anyhow::Result<String> {
-    let mut admin = sqlx::PgConnection::connect(&settings.database_url)
+    fresh_named_database(&settings.database_url, BENCH_DB).await
+}
+
+/// Drops `database` next to the one `database_url` names, if it exists.
+pub(crate) async fn drop_database(database_url: &str, database: &str) -> anyhow::Result<()> {
+    let mut admin = sqlx::PgConnection::connect(database_url).await?;
+    // `database` is one of the bench's own constant names, never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// Drops and recreates `database` next to the one `database_url` names, migrated.
+pub(crate) async fn fresh_named_database(
+    database_url: &str,
+    database: &str,
+) -> anyhow::Result<String> {
+    let mut admin = sqlx::PgConnection::connect(database_url)
         .await
         .context("connecting to PostgreSQL (is scripts/services.sh up?)")?;
-    sqlx::query("DROP DATABASE IF EXISTS anchorpipe_bench WITH (FORCE)")
-        .execute(&mut admin)
-        .await?;
-    sqlx::query("CREATE DATABASE anchorpipe_bench")
+    // `database` is one of the bench's own constant names, never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .execute(&mut admin)
         .await?;
     admin.close().await?;
-    let url = with_database(&settings.database_url, BENCH_DB)?;
+    let url = with_database(database_url, database)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -267,7 +291,7 @@ pub(crate) async fn declare(amqp_url: &str, topology: &BrokerTopology) -> anyhow
     Ok(())
 }
 
-async fn purge(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
+pub(crate) async fn purge(amqp_url: &str, topology: &BrokerTopology) -> anyhow::Result<()> {
     let (connection, channel) = broker_channel(amqp_url).await?;
     channel
         .queue_purge(
