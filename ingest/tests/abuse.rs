@@ -321,11 +321,12 @@ async fn refusals_to_a_flooding_source_are_held_and_the_ci_is_not(pool: PgPool) 
     let started = Instant::now();
     let mut i = 0;
     while started.elapsed() < Duration::from_secs(3) {
+        // Under a held answer's 1 s, with room for a busy machine.
         pod.legit(
             repo,
             &format!("beside-held-{i}"),
             None,
-            Duration::from_millis(500),
+            Duration::from_millis(900),
         )
         .await;
         i += 1;
@@ -342,7 +343,7 @@ async fn refusals_to_a_flooding_source_are_held_and_the_ci_is_not(pool: PgPool) 
     );
     assert!(pod.metric("refusals_delayed_total").await >= 4.0);
     eprintln!(
-        "4 flooding connections for 3 s: {total} requests answered; the CI: {i} reports, all 200 within 500 ms"
+        "4 flooding connections for 3 s: {total} requests answered; the CI: {i} reports, all 200 within 900 ms"
     );
 }
 
