@@ -182,7 +182,7 @@ pub struct IngestionEndpointSpec {
 
     /// Container image of the ingest service. Defaults to the image the operator was
     /// installed with. Only images the platform allows (the chart's
-    /// `operator.allowedIngestImages`) are accepted: the pods hold the tenant's database
+    /// `ingest.allowedImages`) are accepted: the pods hold the tenant's database
     /// and broker credentials, so what runs with them is the platform's choice. Any other
     /// image leaves the endpoint not Ready with reason ImageNotAllowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
