@@ -304,6 +304,28 @@ fn rotate(value: &str) -> Value {
 // ---------------------------------------------------------------- scenarios
 
 #[tokio::test]
+async fn a_healthy_endpoint_resynced_with_nothing_changed_writes_no_status() {
+    let h = Harness::new();
+    h.put(spec(), json!({}));
+    h.converge().await.unwrap();
+    h.set_deployment_ready(2);
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("Ready").0, "True");
+    let status_path = format!("{IE}/status");
+    let writes = h.requests(Method::PATCH, &status_path);
+    assert!(writes >= 1);
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(60));
+        h.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        h.requests(Method::PATCH, &status_path),
+        writes,
+        "an idle resync rewrote the status"
+    );
+}
+
+#[tokio::test]
 async fn create_builds_every_object_and_becomes_ready() {
     let h = Harness::new();
     h.put(spec(), json!({}));

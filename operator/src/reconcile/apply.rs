@@ -214,7 +214,11 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
         queue: Some(topology.queue.clone()),
         ready_replicas: Some(ready_replicas),
     };
-    write_status(&endpoints, &name, &new_status).await?;
+    // Nothing changed (a resync of a healthy endpoint): no write, so a thousand idle
+    // endpoints cost the API server reads only.
+    if endpoint.status.as_ref() != Some(&new_status) {
+        write_status(&endpoints, &name, &new_status).await?;
+    }
     if is_ready && !was_ready {
         ctx.event(
             &regarding,
