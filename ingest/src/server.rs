@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::metrics::Metrics;
+use crate::protect::canonical;
 
 /// Connection limits, from the config contract.
 #[derive(Debug, Clone, Copy)]
@@ -174,13 +175,6 @@ pub const OVER_SHARE_HOLD: Duration = Duration::from_secs(2);
 const HELD_RETRY: Duration = Duration::from_millis(250);
 /// Connections held that way at once.
 pub const MAX_HELD: usize = 256;
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
 
 /// The open connections, each with its address, activity and a token that closes it.
 #[derive(Default)]

@@ -97,6 +97,17 @@ fn request(repo: Uuid, sig: &str, body: &str, xff: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A connection from a stranger's own address (127.0.0.2), as another host on the
+/// network would make it: the pod tells it apart from the CI on 127.0.0.1.
+async fn stranger_connect(port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Sends one request on a fresh connection and reads the answer to the end.
 async fn exchange(port: u16, request: Vec<u8>) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -237,14 +248,7 @@ async fn a_flood_with_stalled_bodies_does_not_hold_the_cis_place(pool: PgPool) {
     config.protection.body_stall_timeout_ms = 20_000;
     let repo = config.repositories[0];
     let pod = Pod::start(&pool, &config, false).await;
-    let stranger = || async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        socket
-            .connect(format!("127.0.0.1:{}", pod.port()).parse().unwrap())
-            .await
-            .unwrap()
-    };
+    let stranger = || stranger_connect(pod.port());
     let forged = report(repo, "forged");
     for _ in 0..20 {
         let mut stream = stranger().await;
@@ -298,12 +302,7 @@ async fn refusals_to_a_flooding_source_are_held_and_the_ci_is_not(pool: PgPool) 
             tokio::spawn(async move {
                 let mut sent = 0u32;
                 while !stop.is_cancelled() {
-                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-                    let mut stream = socket
-                        .connect(format!("127.0.0.1:{port}").parse().unwrap())
-                        .await
-                        .unwrap();
+                    let mut stream = stranger_connect(port).await;
                     stream
                         .write_all(
                             b"POST /api/ingestion HTTP/1.1\r\nHost: x\r\n\
@@ -392,12 +391,7 @@ async fn slowloris_past_the_cap_gives_way_to_new_connections(pool: PgPool) {
     let pod = Pod::start(&pool, &config, false).await;
     let mut half = Vec::new();
     for _ in 0..50 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let mut stream = socket
-            .connect(format!("127.0.0.1:{}", pod.port()).parse().unwrap())
-            .await
-            .unwrap();
+        let mut stream = stranger_connect(pod.port()).await;
         stream.write_all(b"POST /api/ing").await.unwrap();
         half.push(stream);
     }

@@ -412,26 +412,16 @@ async fn audit_rows(pool: &PgPool) -> anyhow::Result<i64> {
 pub async fn run(settings: Settings) -> anyhow::Result<Vec<Phase>> {
     anyhow::ensure!(settings.rate > 0.0, "--rate must be positive");
     let dir = settings.work_dir.clone();
-    std::fs::create_dir_all(dir.join("keys"))?;
-    let tenant = "attack";
-    let repo = Uuid::new_v4();
-    let config = matrix::bench_config(tenant, repo);
+    let (config, repo) = matrix::write_tenant(&dir, "attack")?;
     let max_connections = config.protection.max_connections as usize;
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    std::fs::write(dir.join("keys").join("k1"), SECRET)?;
-    let matrix_settings = matrix::Settings {
-        ingest_bin: settings.ingest_bin.clone(),
-        database_url: settings.database_url.clone(),
-        amqp_url: settings.amqp_url.clone(),
-        work_dir: dir.clone(),
-        duration: settings.duration,
-        concurrency: Vec::new(),
-        sizes: Vec::new(),
-        relay_batch: 256,
-        db_max_connections: 16,
-        memory_run: false,
-        perf: false,
-    };
+    let matrix_settings = matrix::Settings::single(
+        settings.ingest_bin.clone(),
+        settings.database_url.clone(),
+        settings.amqp_url.clone(),
+        dir.clone(),
+        settings.duration,
+        256,
+    );
     progress(&format!(
         "attack: load average {}; fresh database, topology, ingest",
         procstat::loadavg()

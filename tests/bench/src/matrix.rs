@@ -53,6 +53,43 @@ pub struct Settings {
     pub perf: bool,
 }
 
+impl Settings {
+    /// Settings for a scenario that runs one ingest service outside the matrix.
+    pub fn single(
+        ingest_bin: PathBuf,
+        database_url: String,
+        amqp_url: String,
+        work_dir: PathBuf,
+        duration: Duration,
+        relay_batch: usize,
+    ) -> Self {
+        Self {
+            ingest_bin,
+            database_url,
+            amqp_url,
+            work_dir,
+            duration,
+            concurrency: Vec::new(),
+            sizes: Vec::new(),
+            relay_batch,
+            db_max_connections: 16,
+            memory_run: false,
+            perf: false,
+        }
+    }
+}
+
+/// Writes a one-repository tenant's config and key into `dir`, as a pod would find
+/// them; returns the config and the repository.
+pub fn write_tenant(dir: &Path, tenant: &str) -> anyhow::Result<(IngestConfig, Uuid)> {
+    std::fs::create_dir_all(dir.join("keys"))?;
+    let repo = Uuid::new_v4();
+    let config = bench_config(tenant, repo);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(dir.join("keys").join("k1"), SECRET)?;
+    Ok((config, repo))
+}
+
 /// One (size, concurrency) point: the service and its two limits.
 #[derive(Debug, Clone)]
 pub struct Point {

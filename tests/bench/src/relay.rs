@@ -22,10 +22,9 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::limits;
-use crate::matrix::{self, Ingest, SECRET, progress};
+use crate::matrix::{self, Ingest, progress};
 use crate::report::{COMMIT_SHA, Size, Template};
 
 /// The scenario's own database, so it never disturbs a matrix run's.
@@ -176,25 +175,16 @@ async fn drain_rate(
 pub async fn run(settings: Settings) -> anyhow::Result<Vec<Round>> {
     anyhow::ensure!(settings.rows > 1, "--rows must be more than 1");
     let dir = settings.work_dir.clone();
-    std::fs::create_dir_all(dir.join("keys"))?;
     let tenant = "benchrelay";
-    let repo = Uuid::new_v4();
-    let config = matrix::bench_config(tenant, repo);
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    std::fs::write(dir.join("keys").join("k1"), SECRET)?;
-    let matrix_settings = matrix::Settings {
-        ingest_bin: settings.ingest_bin.clone(),
-        database_url: settings.database_url.clone(),
-        amqp_url: settings.amqp_url.clone(),
-        work_dir: dir.clone(),
-        duration: settings.duration,
-        concurrency: Vec::new(),
-        sizes: Vec::new(),
-        relay_batch: settings.relay_batch,
-        db_max_connections: 16,
-        memory_run: false,
-        perf: false,
-    };
+    let (config, repo) = matrix::write_tenant(&dir, tenant)?;
+    let matrix_settings = matrix::Settings::single(
+        settings.ingest_bin.clone(),
+        settings.database_url.clone(),
+        settings.amqp_url.clone(),
+        dir.clone(),
+        settings.duration,
+        settings.relay_batch,
+    );
     let database_url = matrix::fresh_named_database(&settings.database_url, RELAY_DB).await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
