@@ -341,6 +341,20 @@ async fn refusals_to_a_flooding_source_are_held_and_the_ci_is_not(pool: PgPool) 
         "the flood was not slowed: {total} requests"
     );
     assert!(pod.metric("refusals_delayed_total").await >= 4.0);
+    // From the flooding address itself, a correctly signed report is still answered at
+    // once: only refusals are held.
+    let body = report(repo, "from-the-flooding-address");
+    let answer = tokio::time::timeout(Duration::from_millis(900), async {
+        let mut stream = stranger_connect(port).await;
+        stream
+            .write_all(&signed_request(repo, &body, None))
+            .await
+            .unwrap();
+        read_answer(&mut stream).await
+    })
+    .await
+    .expect("a signed report from a failing address was held");
+    assert_eq!(answer.0, 200, "{}", answer.1);
     eprintln!(
         "4 flooding connections for 3 s: {total} requests answered; the CI: {i} reports, all 200 within 900 ms"
     );
