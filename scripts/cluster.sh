@@ -5,7 +5,8 @@
 #
 #   scripts/cluster.sh build              build + cache the binaries (no-op when cached)
 #   scripts/cluster.sh up                 start etcd, apiserver, controller-manager,
-#                                         scheduler, kwok and a fake node (idempotent)
+#                                         scheduler, kwok, a fake node and the ingress
+#                                         controller (Traefik) (idempotent)
 #   scripts/cluster.sh env                print `export KUBECONFIG=...` and PATH for clients
 #   scripts/cluster.sh status             per-component state; exit 0 only if all healthy
 #   scripts/cluster.sh restart-apiserver [--kill]
@@ -19,6 +20,14 @@
 #   ANCHORPIPE_STATE  state dir: certs, kubeconfig, logs, pids (default /tmp/anchorpipe-cluster)
 #   ANCHORPIPE_APISERVER_PORT  secure port of kube-apiserver (default 16443)
 #   ANCHORPIPE_ETCD_PORT       etcd client port (default 12379; peer port is +1)
+#
+# The ingress controller is Traefik, built from its Go module (its own go.mod and
+# go.sum, so every dependency is checksum-verified) and run with its Kubernetes Ingress
+# provider under a ServiceAccount of its own. It serves every Ingress of the cluster on
+# 127.0.0.1: HTTPS on $ANCHORPIPE_INGRESS_HTTPS_PORT (API port + 4; certificates from the
+# Ingresses' TLS Secrets), plain HTTP on $ANCHORPIPE_INGRESS_HTTP_PORT (+ 5). It routes
+# to the Ready addresses of each Service's EndpointSlices, i.e. to pods that really
+# listen there (the e2e suite's test node gives its pods such addresses).
 #
 # Typical use from other scripts:
 #   scripts/cluster.sh up && eval "$(scripts/cluster.sh env)" && kubectl get nodes
@@ -36,6 +45,15 @@ ETCD_PEER_PORT=$((ETCD_PORT + 1))
 KCM_PORT=$((API_PORT + 1))
 SCHED_PORT=$((API_PORT + 2))
 KWOK_PORT=$((API_PORT + 3))
+INGRESS_HTTPS_PORT=$((API_PORT + 4))
+INGRESS_HTTP_PORT=$((API_PORT + 5))
+TRAEFIK_PING_PORT=$((API_PORT + 6))
+TRAEFIK_MODULE=github.com/traefik/traefik/v3
+# The newest Traefik whose whole dependency graph the module proxy here serves (3.7's
+# DNS providers are not all served).
+TRAEFIK_VERSION=v3.6.12
+TRAEFIK_RECIPE=1
+INGRESS_NAMESPACE=anchorpipe-ingress
 NODE_NAME="kwok-node-0"
 
 # Bump when the way binaries are built changes (flags, ldflags, list), so that
@@ -43,7 +61,7 @@ NODE_NAME="kwok-node-0"
 BUILD_RECIPE=1
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 # Start order; `down` stops in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok traefik)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
@@ -59,6 +77,7 @@ cache_key() {
 }
 
 bin_dir() { echo "$CACHE_ROOT/k8s/$(cache_key)/bin"; }
+traefik_dir() { echo "$CACHE_ROOT/traefik/$TRAEFIK_VERSION-r$TRAEFIK_RECIPE"; }
 
 built() {
   local bin=$1 b
@@ -73,7 +92,36 @@ go_build() { # <module dir> <output> <ldflags> <package>
   (cd "$dir" && nice -n 10 go build -trimpath -ldflags "-s -w $ldflags" -o "$out" "$pkg")
 }
 
+# Traefik from its own module: downloaded (checksum-verified against go.sum's database)
+# and built inside a copy of it, so its go.mod (replace directives included) applies.
+build_traefik() {
+  local dir; dir="$(traefik_dir)"
+  [[ -x "$dir/traefik" ]] && return 0
+  mkdir -p "$dir"
+  exec 7>"$dir/build.lock"
+  flock 7
+  [[ -x "$dir/traefik" ]] && { exec 7>&-; return 0; }
+  local t src mod
+  t=$(now_ms)
+  log "  traefik $TRAEFIK_VERSION: building (a cold build takes about 5 minutes on 2 cores)..."
+  mod="$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$TRAEFIK_MODULE@$TRAEFIK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$mod" ]] || die "go mod download $TRAEFIK_MODULE@$TRAEFIK_VERSION gave no directory"
+  src="$(mktemp -d)"
+  cp -r "$mod/." "$src/"
+  chmod -R u+w "$src"
+  if go_build "$src" "$dir/traefik.tmp" "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" ./cmd/traefik; then
+    mv "$dir/traefik.tmp" "$dir/traefik"
+    rm -rf "$src"
+    log "  traefik: built in $(elapsed "$t") ($(du -h "$dir/traefik" | cut -f1))"
+  else
+    rm -rf "$src" "$dir/traefik.tmp"
+    die "traefik build failed after $(elapsed "$t")"
+  fi
+  exec 7>&-
+}
+
 cmd_build() {
+  ( export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0; build_traefik )
   local bin; bin="$(bin_dir)"
   if built "$bin"; then
     log "binaries up to date in $bin"
@@ -191,6 +239,7 @@ healthy() { # <component>: its own health endpoint answers
     kube-controller-manager) [[ "$(curl -ksS --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" == ok ]] ;;
     kube-scheduler) [[ "$(curl -ksS --max-time 2 "https://127.0.0.1:$SCHED_PORT/healthz" 2>/dev/null)" == ok ]] ;;
     kwok) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz" 2>/dev/null)" == ok ]] ;;
+    traefik) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$TRAEFIK_PING_PORT/ping" 2>/dev/null)" == OK ]] ;;
   esac
 }
 
@@ -335,18 +384,37 @@ component_args() { # <component> -> one argument per line
       --config="$MODDIR/kwok-stages.yaml" \
       --server-address="127.0.0.1:$KWOK_PORT" \
       --node-port=0 ;;
+    traefik) printf '%s\n' \
+      --global.checknewversion=false \
+      --global.sendanonymoususage=false \
+      --log.level=INFO \
+      --entrypoints.websecure.address="127.0.0.1:$INGRESS_HTTPS_PORT" \
+      --entrypoints.websecure.http.tls=true \
+      --entrypoints.web.address="127.0.0.1:$INGRESS_HTTP_PORT" \
+      --entrypoints.traefik.address="127.0.0.1:$TRAEFIK_PING_PORT" \
+      --ping=true \
+      --ping.entrypoint=traefik \
+      --providers.kubernetesingress=true \
+      --providers.kubernetesingress.endpoint="https://127.0.0.1:$API_PORT" \
+      --providers.kubernetesingress.certauthfilepath="$PKI/ca.crt" \
+      --providers.kubernetesingress.token="$STATE/traefik.token" ;;
   esac
 }
 
 start_component() { # <component> <bin dir>
-  local c=$1 bin=$2 args=()
+  local c=$1 bin=$2 args=() exe
   mapfile -t args < <(component_args "$c")
+  exe="$bin/$c"
+  if [[ "$c" == traefik ]]; then
+    ensure_ingress_access
+    exe="$(traefik_dir)/traefik"
+  fi
   mkdir -p "$RUN" "$LOGS"
   printf '\n==== %s starting %s\n' "$(date -Is)" "$c" >>"$LOGS/$c.log"
   # Own session: survives the caller's shell and its job control signals.
   # fds 8/9 are our state/build locks; the component must not inherit them.
   # The child writes its pid and execs, so the pid file is the component's.
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$RUN/$c.pid" "$bin/$c" "${args[@]}" \
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$RUN/$c.pid" "$exe" "${args[@]}" \
     </dev/null >>"$LOGS/$c.log" 2>&1 8>&- 9>&- &
   local i
   for i in $(seq 50); do [[ -s "$RUN/$c.pid" ]] && break; sleep 0.02; done
@@ -397,6 +465,68 @@ stop_component() { # <component> [signal]
 }
 
 kubectl_admin() { "$(bin_dir)/kubectl" --kubeconfig="$KUBECONFIG_PATH" "$@"; }
+
+# The ingress controller's identity: a ServiceAccount with what Traefik's Kubernetes
+# Ingress provider reads (Ingresses, IngressClasses, Services, EndpointSlices, the TLS
+# Secrets) and the Ingress status it writes, a token for it, and the default
+# IngressClass that names it.
+ensure_ingress_access() {
+  kubectl_admin apply --server-side --field-manager=anchorpipe-test-cluster -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $INGRESS_NAMESPACE
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: traefik
+  namespace: $INGRESS_NAMESPACE
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: anchorpipe-test-ingress-controller
+rules:
+  - apiGroups: [""]
+    resources: [services, secrets, nodes]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [ingresses, ingressclasses]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [ingresses/status]
+    verbs: [update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: anchorpipe-test-ingress-controller
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: anchorpipe-test-ingress-controller
+subjects:
+  - kind: ServiceAccount
+    name: traefik
+    namespace: $INGRESS_NAMESPACE
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: traefik
+  annotations:
+    ingressclass.kubernetes.io/is-default-class: "true"
+spec:
+  controller: traefik.io/ingress-controller
+EOF
+  local token
+  token="$(kubectl_admin -n "$INGRESS_NAMESPACE" create token traefik --duration=8760h)"
+  ( umask 077; printf '%s' "$token" >"$STATE/traefik.token" )
+}
 
 ensure_node() {
   kubectl_admin apply -f - >/dev/null <<EOF
@@ -553,11 +683,14 @@ cmd_status() {
   echo "logs:       $LOGS"
   echo "binaries:   $(bin_dir)$(built "$(bin_dir)" || echo ' (not built)')"
   echo "apiserver:  https://127.0.0.1:$API_PORT"
+  echo "ingress:    https://127.0.0.1:$INGRESS_HTTPS_PORT, http://127.0.0.1:$INGRESS_HTTP_PORT (Traefik $TRAEFIK_VERSION)"
   return $rc
 }
 
 cmd_env() {
   printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_PATH"
+  printf 'export ANCHORPIPE_INGRESS_HTTPS_PORT=%q\n' "$INGRESS_HTTPS_PORT"
+  printf 'export ANCHORPIPE_INGRESS_HTTP_PORT=%q\n' "$INGRESS_HTTP_PORT"
   printf 'export PATH=%q:"$PATH"\n' "$(bin_dir)"
 }
 

@@ -87,6 +87,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 [ "${1:-}" = "--" ] && shift
-# The e2e tests run the operator and ingest binaries from the target dir.
+# The e2e tests run the operator and ingest binaries from the target dir, and the test
+# node runs the Helm release's pods from the images (release builds, scripts/images.sh).
 cargo build --workspace --bins --locked
+scripts/images.sh
 cargo test --workspace --locked "$@"

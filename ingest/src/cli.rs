@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anchorpipe_crds::IngestConfig;
@@ -131,6 +131,13 @@ pub struct ServeArgs {
     #[arg(long, env = "INGEST_RELAY_BATCHES_IN_FLIGHT", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=16))]
     pub relay_batches_in_flight: u16,
+    /// Seconds between SIGTERM and closing the listener. Meanwhile `/readyz` answers
+    /// 503 and requests are still served, so that the endpoint controllers and ingress
+    /// controllers stop routing here before connections are refused (the usual race of
+    /// a rolling update). Then in-flight requests finish and the process exits.
+    #[arg(long, env = "INGEST_SHUTDOWN_DELAY_SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_delay_seconds: u64,
     /// Benchmark only: answer right after the signature verified, storing nothing.
     #[arg(long, hide = true)]
     pub bench_verify_only: bool,
@@ -309,12 +316,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         repositories = config.repositories.len(),
         "serving"
     );
+    let draining = Arc::clone(&state.draining);
     crate::server::serve(
         listener,
         app(state),
         crate::server::ConnectionLimits::from(&config.protection),
         Arc::clone(&metrics),
-        shutdown_signal(),
+        drain_after_signal(
+            draining,
+            Duration::from_secs(args.shutdown_delay_seconds),
+        ),
     )
     .await;
     tracing::info!("HTTP server drained; stopping background tasks");
@@ -323,6 +334,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Resolves `delay` after a stop signal, with `draining` set from the signal on.
+async fn drain_after_signal(draining: Arc<AtomicBool>, delay: Duration) {
+    shutdown_signal().await;
+    draining.store(true, Ordering::Relaxed);
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_seconds = delay.as_secs(),
+            "stop signal: not ready any more; serving until the delay has passed"
+        );
+        tokio::time::sleep(delay).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -113,6 +113,9 @@ pub struct AppState {
     pub budget_wait: Duration,
     /// Benchmark-only: answer 200 right after the signature verified. Never on by default.
     pub verify_only: bool,
+    /// Set once the pod is told to stop: `/readyz` answers 503 so that Services and
+    /// ingress controllers take the pod out of rotation while it still serves.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -156,6 +159,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, usize::from),
             )),
             verify_only: false,
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -842,7 +846,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "unreachable"
     };
     let keys = !state.keys.current().is_empty();
-    let ready = db && keys && !topology_missing;
+    let draining = state.draining.load(Ordering::Relaxed);
+    let ready = db && keys && !topology_missing && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -853,6 +858,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "database": db,
         "broker": broker,
         "keys": keys,
+        "draining": draining,
         "outboxBacklog": state.delivery.backlog_rows.load(Ordering::Relaxed),
         "outboxOldestAgeSeconds": state.delivery.oldest_age_secs.load(Ordering::Relaxed),
         "outboxParked": state.delivery.parked_rows.load(Ordering::Relaxed),

@@ -64,6 +64,10 @@ pub const CONFIG_DIR: &str = "/etc/anchorpipe/config";
 pub const KEYS_DIR: &str = "/etc/anchorpipe/keys";
 /// The port the ingest service listens on.
 pub const HTTP_PORT: i32 = 8080;
+/// Seconds an ingest pod keeps serving after SIGTERM, not ready, so that endpoint and
+/// ingress controllers stop sending it requests before it closes its listener; well
+/// inside the pod's termination grace period.
+pub const SHUTDOWN_DELAY_SECONDS: u32 = 5;
 /// Port name shared by the container, the probes, the Service and the Ingress.
 pub const HTTP_PORT_NAME: &str = "http";
 /// The only path exposed through the Ingress: health and metrics stay in-cluster.
@@ -335,6 +339,8 @@ pub fn ingest_args() -> Vec<String> {
         KEYS_DIR.to_owned(),
         "--listen".to_owned(),
         format!("0.0.0.0:{HTTP_PORT}"),
+        "--shutdown-delay-seconds".to_owned(),
+        SHUTDOWN_DELAY_SECONDS.to_string(),
     ]
 }
 
@@ -672,7 +678,9 @@ mod tests {
                 "--keys-dir",
                 "/etc/anchorpipe/keys",
                 "--listen",
-                "0.0.0.0:8080"
+                "0.0.0.0:8080",
+                "--shutdown-delay-seconds",
+                "5"
             ]
         );
         let env: Vec<(&str, &str, &str)> = c

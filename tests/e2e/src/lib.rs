@@ -7,7 +7,9 @@
 //! - [`kubelet`]: turns a Deployment's pod template into files, environment and a
 //!   command line, and runs `anchorpipe-ingest` with exactly that.
 //! - [`node`]: a test node whose kubelet runs every pod bound to it (a Helm release's
-//!   operator, Jobs and hooks) as local processes with their ServiceAccount tokens.
+//!   operator, Jobs and hooks, tenants' ingest pods) from its image, as local processes
+//!   with their ServiceAccount tokens and addresses of their own.
+//! - [`image`]: the OCI images of `scripts/images.sh`, unpacked for that kubelet.
 //! - [`broker`], [`report`]: RabbitMQ inspection and signed reports over HTTP.
 //!
 //! Where things come from: `KUBECONFIG` and `PATH` (kubectl) from `scripts/cluster.sh
@@ -17,6 +19,8 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod image;
+pub mod ingress;
 pub mod kubelet;
 pub mod node;
 pub mod report;

@@ -10,24 +10,29 @@
 //!
 //! What a kubelet and a container runtime do, and how it is done here:
 //!
-//! - **Image**: `<repository>:<tag>` runs the workspace binary named like the
-//!   repository's last path segment, which is the entrypoint `scripts/images.sh` gives
-//!   that image (`/usr/local/bin/<name>`); the container's `args` are passed unchanged.
-//!   A container that overrides the entrypoint (`command`) is refused.
+//! - **Image**: `<repository>:<tag>` is the OCI image `scripts/images.sh` built
+//!   ([`crate::image`]). Each pod gets a copy of the image's root filesystem and runs
+//!   in it (`unshare --root`): the image's entrypoint (or the container's `command`)
+//!   with the container's `args` (or the image's `Cmd`), the image's environment and
+//!   working directory, as the image's user unless the pod's `securityContext` names
+//!   one (`runAsNonRoot` refuses root). The user is a user namespace's mapping of the
+//!   image's uid/gid, so the process sees itself as that user. `readOnlyRootFilesystem`
+//!   makes the copy read-only.
 //! - **Pod network**: every pod gets an address of its own in 127.0.0.0/8, reported as
-//!   its `podIP`; an argument binding all interfaces (`0.0.0.0:<port>`) binds that
-//!   address, which is what the pod's network namespace would make of it.
+//!   its `podIP` (so EndpointSlices, and an ingress controller reading them, route to
+//!   it); an argument binding all interfaces (`0.0.0.0:<port>`) binds that address,
+//!   which is what the pod's network namespace would make of it.
 //! - **Volumes**: Secret, ConfigMap, emptyDir and projected volumes (ServiceAccount token
 //!   from the TokenRequest API bound to the pod, `kube-root-ca.crt`, the namespace) are
 //!   written with the kubelet's atomic layout ([`crate::kubelet::atomic_write`]) and
-//!   bind-mounted at their mount paths in a private mount namespace (`unshare --user
-//!   --map-root-user --mount`, over a fresh tmpfs on `/run`), so in-cluster clients find
-//!   `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` where a
-//!   kubelet puts them. Mount paths outside `/run` and `/var/run` are refused.
-//! - **Environment**: `KUBERNETES_SERVICE_HOST`/`_PORT` name the API server itself (no
-//!   Service proxy here), `HOME=/` as a runtime sets it for a user without a home, then
-//!   the container's `env` (values, Secret and ConfigMap keys, pod fields). Nothing of
-//!   the test process's environment leaks in.
+//!   bind-mounted at their mount paths inside the pod's root (read-only when the mount
+//!   says so), in a private mount namespace (`unshare --user --map-root-user --mount`),
+//!   so in-cluster clients find `/var/run/secrets/kubernetes.io/serviceaccount/{token,
+//!   ca.crt,namespace}` where a kubelet puts them. `/etc/hosts` is the kubelet's.
+//! - **Environment**: the image's, then `KUBERNETES_SERVICE_HOST`/`_PORT` naming the API
+//!   server itself (no Service proxy here), `HOME=/` as a runtime sets it for a user
+//!   without a home, then the container's `env` (values, Secret and ConfigMap keys, pod
+//!   fields). Nothing of the test process's environment leaks in.
 //! - **Status**: Running with the pod address once started, Ready once the HTTP
 //!   readiness probe answers 200 (at once without a probe); restarts for
 //!   `restartPolicy: Always`; Succeeded/Failed with the exit code otherwise. A deleted pod
@@ -69,21 +74,36 @@ const TICK: Duration = Duration::from_millis(200);
 /// Upper bound of a deleted pod's grace period here.
 const MAX_GRACE: Duration = Duration::from_secs(10);
 
-/// The program that sets up a pod's mount namespace: a tmpfs on /run (so that
-/// /var/run/secrets/... can be made), then `<dir> <mount path>` pairs up to `--`, then
-/// the pod's process. PATH is set for the tools only and is not exported to the
-/// process; neither is the shell's PWD.
+/// The program that sets up a pod's mount namespace: `<root> <ro|rw> <uid> <gid>
+/// <working dir>`, then `<source> <mount path> <ro|rw>` triples up to `--`, then the
+/// pod's command. The root (the pod's copy of the image) becomes a mount point, each
+/// source is bind-mounted at its path inside it, the root is made read-only when asked,
+/// and the command runs with that root in a user namespace that maps the pod's uid and
+/// gid to this one. PATH is set for the tools only and is not exported to the process;
+/// neither is the shell's PWD. The parent-death signal is set last: nothing after it
+/// changes the process's credentials, which would clear it.
 const MOUNT_SCRIPT: &str = r#"PATH=/usr/sbin:/usr/bin:/sbin:/bin
 set -e
-mount -t tmpfs -o mode=755 tmpfs /run
+root=$1 root_mode=$2 uid=$3 gid=$4 workdir=$5
+shift 5
+mount --bind "$root" "$root"
 while [ "$1" != -- ]; do
-  mkdir -p "$2"
-  mount --bind "$1" "$2"
-  shift 2
+  target="$root$2"
+  if [ -d "$1" ]; then
+    mkdir -p "$target"
+  else
+    mkdir -p "$(dirname "$target")"
+    [ -e "$target" ] || : >"$target"
+  fi
+  mount --bind "$1" "$target"
+  if [ "$3" = ro ]; then mount -o remount,bind,ro "$target"; fi
+  shift 3
 done
 shift
+if [ "$root_mode" = ro ]; then mount -o remount,bind,ro "$root"; fi
 unset PWD
-exec setpriv --pdeathsig KILL -- "$@"
+exec setpriv --pdeathsig KILL -- unshare --user --map-user="$uid" --map-group="$gid" \
+  --root="$root" --wd="$workdir" -- "$@"
 "#;
 
 type Errors = Arc<Mutex<Vec<String>>>;
@@ -212,7 +232,7 @@ impl Node {
 
     /// The directory volume `volume` of pod `uid` is materialized in.
     pub fn volume_dir(&self, uid: &str, volume: &str) -> PathBuf {
-        self.root.join(uid).join(volume)
+        self.root.join(uid).join("volumes").join(volume)
     }
 
     /// Kills every process, removes the pods bound here and the node itself.
@@ -267,13 +287,24 @@ fn force_delete(uid: Option<String>) -> DeleteParams {
     }
 }
 
+/// A bind mount into a pod's root.
+struct Mount {
+    source: PathBuf,
+    path: String,
+    read_only: bool,
+}
+
 /// How a pod's process is started (again, on a restart).
 struct Launch {
-    program: PathBuf,
-    args: Vec<String>,
+    /// The pod's copy of the image's root filesystem.
+    root: PathBuf,
+    read_only_root: bool,
+    user: (u32, u32),
+    working_dir: String,
+    /// The command and its arguments, as paths inside the root.
+    command: Vec<String>,
     env: Vec<(String, String)>,
-    /// (directory, mount path)
-    mounts: Vec<(PathBuf, String)>,
+    mounts: Vec<Mount>,
     log: PathBuf,
 }
 
@@ -285,23 +316,32 @@ impl Launch {
             .open(&self.log)
             .and_then(|f| Ok((f.try_clone()?, f)))
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let mode = |ro: bool| if ro { "ro" } else { "rw" };
         let mut command = tokio::process::Command::new("unshare");
-        command.args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            MOUNT_SCRIPT,
-            "sh",
-        ]);
-        for (dir, path) in &self.mounts {
-            command.arg(dir).arg(path);
+        command
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "sh",
+                "-c",
+                MOUNT_SCRIPT,
+                "sh",
+            ])
+            .arg(&self.root)
+            .arg(mode(self.read_only_root))
+            .arg(self.user.0.to_string())
+            .arg(self.user.1.to_string())
+            .arg(&self.working_dir);
+        for mount in &self.mounts {
+            command
+                .arg(&mount.source)
+                .arg(&mount.path)
+                .arg(mode(mount.read_only));
         }
         command
             .arg("--")
-            .arg(&self.program)
-            .args(&self.args)
+            .args(&self.command)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir("/")
@@ -311,7 +351,7 @@ impl Launch {
             .kill_on_drop(true);
         command
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.program.display()))
+            .map_err(|e| format!("starting {:?}: {e}", self.command))
     }
 }
 
@@ -494,24 +534,64 @@ impl Kubelet {
             return Err("only pods of one container (and no init containers) run here".into());
         }
         let container = &spec.containers[0];
-        if container.command.is_some() {
-            return Err(format!(
-                "container {} overrides the image's entrypoint",
-                container.name
-            ));
+        let image = crate::image::resolve(container.image.as_deref().unwrap_or_default())?;
+        let command: Vec<String> = match (&container.command, &container.args) {
+            (Some(command), args) => command
+                .iter()
+                .chain(args.iter().flatten())
+                .cloned()
+                .collect(),
+            (None, Some(args)) => image.entrypoint.iter().chain(args).cloned().collect(),
+            (None, None) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+        };
+        if command.is_empty() {
+            return Err(format!("container {}: nothing to run", container.name));
         }
-        let program = image_binary(container.image.as_deref().unwrap_or_default())?;
-        let args: Vec<String> = container
-            .args
-            .iter()
-            .flatten()
+        let command = command
+            .into_iter()
             .map(|a| a.replace("0.0.0.0:", &format!("{ip}:")))
             .collect();
+        let user = run_as(&spec, container, image.user)?;
+        let read_only_root = container
+            .security_context
+            .as_ref()
+            .and_then(|c| c.read_only_root_filesystem)
+            .unwrap_or(false);
 
         let pod_dir = self.root.join(uid);
+        // The pod's copy of the image: directories of its own (mount points are made in
+        // them), files hard-linked to the unpacked image.
+        let root = pod_dir.join("rootfs");
+        let _ = std::fs::remove_dir_all(&root);
+        let copied = std::process::Command::new("cp")
+            .arg("-al")
+            .arg(&image.rootfs)
+            .arg(&root)
+            .output()
+            .map_err(|e| format!("cp: {e}"))?;
+        if !copied.status.success() {
+            return Err(format!(
+                "copying the image's root: {}",
+                String::from_utf8_lossy(&copied.stderr).trim()
+            ));
+        }
+        let hosts = pod_dir.join("etc-hosts");
+        std::fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{}\n",
+                pod.name_any()
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", hosts.display()))?;
+        let mut mounts = vec![Mount {
+            source: hosts,
+            path: "/etc/hosts".to_owned(),
+            read_only: false,
+        }];
         let mut volume_dirs = BTreeMap::new();
         for volume in spec.volumes.iter().flatten() {
-            let dir = pod_dir.join(&volume.name);
+            let dir = pod_dir.join("volumes").join(&volume.name);
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let (files, mode) = self.volume_files(pod, volume, ip).await?;
             if let Some(files) = files {
@@ -519,7 +599,6 @@ impl Kubelet {
             }
             volume_dirs.insert(volume.name.clone(), dir);
         }
-        let mut mounts = Vec::new();
         for mount in container.volume_mounts.iter().flatten() {
             if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
                 return Err(format!(
@@ -531,26 +610,31 @@ impl Kubelet {
                 .get(&mount.name)
                 .ok_or_else(|| format!("mount of unknown volume {}", mount.name))?;
             let path = mount.mount_path.trim_end_matches('/');
-            let run_path = if let Some(rest) = path.strip_prefix("/var/run/") {
-                format!("/run/{rest}")
-            } else if path.starts_with("/run/") {
-                path.to_owned()
-            } else {
-                return Err(format!(
-                    "mount path {path} is outside /run, which is all this kubelet mounts"
-                ));
-            };
-            mounts.push((dir.clone(), run_path));
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(format!("mount path {path} is not absolute and clean"));
+            }
+            mounts.push(Mount {
+                source: dir.clone(),
+                path: path.to_owned(),
+                read_only: mount.read_only.unwrap_or(false),
+            });
         }
 
-        let mut env = vec![
+        let mut env = image.env.clone();
+        env.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "KUBERNETES_SERVICE_HOST" | "KUBERNETES_SERVICE_PORT" | "HOME"
+            )
+        });
+        env.extend([
             ("KUBERNETES_SERVICE_HOST".to_owned(), self.api_host.clone()),
             (
                 "KUBERNETES_SERVICE_PORT".to_owned(),
                 self.api_port.to_string(),
             ),
             ("HOME".to_owned(), "/".to_owned()),
-        ];
+        ]);
         if container.env_from.is_some() {
             return Err("envFrom is not supported".into());
         }
@@ -576,8 +660,11 @@ impl Kubelet {
             })
             .transpose()?;
         let launch = Launch {
-            program,
-            args,
+            root,
+            read_only_root,
+            user,
+            working_dir: image.working_dir.clone(),
+            command,
             env,
             mounts,
             log: Node::log(&namespace, &pod.name_any()),
@@ -934,21 +1021,33 @@ impl Kubelet {
     }
 }
 
-/// The workspace binary an image runs: `scripts/images.sh` builds image `<name>` with
-/// entrypoint `/usr/local/bin/<name>`.
-fn image_binary(image: &str) -> Result<PathBuf, String> {
-    let without_digest = image.split('@').next().unwrap_or_default();
-    let last = without_digest.rsplit('/').next().unwrap_or_default();
-    let name = last.split(':').next().unwrap_or_default();
-    let path = crate::profile_dir().join(name);
-    if name.starts_with("anchorpipe-") && path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "image {image}: no workspace binary {} (run `cargo build --workspace --bins`)",
-            path.display()
-        ))
+/// The uid and gid a container runs as: its `securityContext`, else the pod's, else the
+/// image's user; `runAsNonRoot` refuses root, as a kubelet does.
+fn run_as(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    container: &Container,
+    image_user: (u32, u32),
+) -> Result<(u32, u32), String> {
+    let container_ctx = container.security_context.as_ref();
+    let pod_ctx = spec.security_context.as_ref();
+    let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let uid = id(container_ctx.and_then(|c| c.run_as_user))
+        .or_else(|| id(pod_ctx.and_then(|c| c.run_as_user)))
+        .unwrap_or(image_user.0);
+    let gid = id(container_ctx.and_then(|c| c.run_as_group))
+        .or_else(|| id(pod_ctx.and_then(|c| c.run_as_group)))
+        .unwrap_or(image_user.1);
+    let non_root = container_ctx
+        .and_then(|c| c.run_as_non_root)
+        .or_else(|| pod_ctx.and_then(|c| c.run_as_non_root))
+        .unwrap_or(false);
+    if non_root && uid == 0 {
+        return Err(format!(
+            "container {} has runAsNonRoot and its image will run as root",
+            container.name
+        ));
     }
+    Ok((uid, gid))
 }
 
 fn named_port(container: &Container, name: &str) -> Result<i32, String> {

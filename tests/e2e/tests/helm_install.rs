@@ -22,9 +22,8 @@ use anchorpipe_e2e::cluster::{
     MANAGER, SUITE_LEASE, SUITE_LEASE_NAMESPACE, client, create_namespace, ensure_crd, is_ready,
     with_database,
 };
-use anchorpipe_e2e::kubelet::Pod as KubeletPod;
-use anchorpipe_e2e::node::{Node, mount_namespaces_available};
-use anchorpipe_e2e::{eventually, log_dir, report, required_env, suffix};
+use anchorpipe_e2e::node::{NODE_KEY, Node, mount_namespaces_available};
+use anchorpipe_e2e::{broker, eventually, ingress, log_dir, report, required_env, suffix};
 use anchorpipe_operator::leader::{LeaderElector, LeaseConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -34,6 +33,145 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sqlx::Connection as _;
+
+/// The tenants' body limit: reports of exactly this size go through the ingress.
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// A tenant published through the ingress.
+struct Tenant {
+    name: &'static str,
+    host: String,
+    /// The tenant's certificate, the only one the client trusts for its host.
+    ca: std::path::PathBuf,
+    repo: String,
+    secret: String,
+    queue: String,
+}
+
+/// A valid report of exactly `size` bytes: 10,000 tests whose names are padded (each
+/// name stays within the schema's 500 characters).
+fn report_of_size(repo: &str, run_id: &str, size: usize) -> String {
+    const TESTS: usize = 10_000;
+    let report = |each: usize, extra: usize| {
+        let tests: Vec<serde_json::Value> = (0..TESTS)
+            .map(|i| {
+                let pad = each + usize::from(i < extra);
+                json!({"path": "Big.java", "name": format!("t{i:05}{}", "y".repeat(pad)),
+                       "status": "pass", "durationMs": 1, "startedAt": "2026-11-28T17:43:00Z"})
+            })
+            .collect();
+        json!({
+            "repo_id": repo,
+            "commit_sha": "0123456789abcdef0123456789abcdef01234567",
+            "run_id": run_id,
+            "framework": "junit",
+            "branch": "main",
+            "tests": tests,
+        })
+        .to_string()
+    };
+    let base = report(0, 0).len();
+    assert!(
+        base <= size,
+        "a {TESTS}-test report is already {base} bytes"
+    );
+    let each = (size - base) / TESTS;
+    let extra = size - report(each, 0).len();
+    report(each, extra)
+}
+
+/// A CI job posting reports one after another through the ingress until stopped.
+struct Sender {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(String, ingress::Answer)>>,
+}
+
+impl Sender {
+    fn start(tenant: &Tenant) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (host, ca, repo, secret) = (
+            tenant.host.clone(),
+            tenant.ca.clone(),
+            tenant.repo.clone(),
+            tenant.secret.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut n = 0;
+            while !*stopped.borrow() {
+                n += 1;
+                let run_id = format!("rolling-{n}");
+                let body = report::body(&repo, &run_id);
+                let answer = ingress::post(&host, &ca, &repo, &secret, &body).await;
+                let failed = !matches!(answer, ingress::Answer::Status(200, _));
+                sent.push((run_id, answer));
+                if failed {
+                    // What a CI job's retry loop does before trying again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            sent
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(String, ingress::Answer)> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// Waits until Deployment `name` runs only pods of image tag `tag`, all available.
+async fn rolled_out(client: &Client, namespace: &str, name: &str, tag: &str) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    eventually("the rollout", Duration::from_secs(120), || {
+        let deployments = deployments.clone();
+        let pods = pods.clone();
+        async move {
+            let d = deployments.get(name).await.map_err(|e| e.to_string())?;
+            let spec = d.spec.clone();
+            let image = spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let status = d.status.clone().unwrap_or_default();
+            let want = spec.replicas.unwrap_or(1);
+            let selector = spec
+                .selector
+                .match_labels
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let running: Vec<String> = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+                .collect();
+            let done = image.ends_with(&format!(":{tag}"))
+                && status.updated_replicas == Some(want)
+                && status.available_replicas == Some(want)
+                && status.replicas == Some(want)
+                && running.iter().all(|i| i.ends_with(&format!(":{tag}")));
+            if done {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name}: image {image}, status {status:?}, pods {running:?}"
+                ))
+            }
+        }
+    })
+    .await;
+}
 
 fn chart() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/anchorpipe")
@@ -328,6 +466,10 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
             "nodeSelector": scheduling["nodeSelector"],
             "tolerations": scheduling["tolerations"],
         },
+        "ingest": {"pods": {
+            "nodeSelector": scheduling["nodeSelector"],
+            "tolerations": scheduling["tolerations"],
+        }},
         "uninstall": {"waitTimeoutSeconds": 30},
     });
     let values_file = std::env::temp_dir().join(format!("anchorpipe-helm-values-{sfx}.json"));
@@ -474,83 +616,291 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
         "{denied:?}"
     );
 
-    // A tenant's endpoint, made Ready by the chart's operator.
+    // Two tenants, each published through the ingress controller on a host of its own
+    // with a certificate of its own, made Ready by the chart's operator; their ingest
+    // pods run here from the chart's ingest image.
     let endpoints: Api<IngestionEndpoint> = Api::namespaced(client.clone(), &tenants);
-    let tenant = format!("shop-{sfx}");
-    let repo = uuid::Uuid::new_v4().to_string();
     let applied = Instant::now();
-    endpoints
-        .patch(
-            "shop",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "anchorpipe.dev/v1alpha1",
-                "kind": "IngestionEndpoint",
-                "metadata": {"name": "shop"},
-                "spec": {"tenant": tenant, "repositories": [repo], "replicas": 1},
-            })),
+    let mut apart = Vec::new();
+    for name in ["shop", "docs"] {
+        let host = format!("{name}-{sfx}.reports.test");
+        let tls = format!("{name}-tls");
+        let ca = ingress::tls_secret(&client, &tenants, &tls, &host).await;
+        let repo = uuid::Uuid::new_v4().to_string();
+        endpoints
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "anchorpipe.dev/v1alpha1",
+                    "kind": "IngestionEndpoint",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "tenant": format!("{name}-{sfx}"),
+                        "repositories": [repo],
+                        "replicas": 1,
+                        "limits": {"maxBodyBytes": MAX_BODY_BYTES},
+                        "ingress": {"host": host, "tlsSecretName": tls},
+                    },
+                })),
+            )
+            .await
+            .unwrap();
+        apart.push(Tenant {
+            name,
+            host,
+            ca,
+            repo,
+            secret: String::new(),
+            queue: String::new(),
+        });
+    }
+    for tenant in &mut apart {
+        let ep = eventually(
+            "the tenant endpoint Ready",
+            Duration::from_secs(120),
+            || {
+                let endpoints = endpoints.clone();
+                let name = tenant.name;
+                async move {
+                    let ep = endpoints.get(name).await.map_err(|e| e.to_string())?;
+                    if is_ready(&ep) {
+                        Ok(ep)
+                    } else {
+                        Err(format!("{name}: {:?}", ep.status))
+                    }
+                }
+            },
         )
-        .await
-        .unwrap();
-    let ep = eventually("the tenant endpoint Ready", Duration::from_secs(90), || {
-        let endpoints = endpoints.clone();
-        async move {
-            let ep = endpoints.get("shop").await.map_err(|e| e.to_string())?;
-            if is_ready(&ep) {
-                Ok(ep)
-            } else {
-                Err(format!("{:?}", ep.status))
-            }
-        }
-    })
-    .await;
-    record_timing("helm_install: endpoint applied -> Ready", applied.elapsed());
+        .await;
+        let status = ep.status.unwrap();
+        let key_id = status.current_key_id.unwrap();
+        let hmac = Api::<Secret>::namespaced(client.clone(), &tenants)
+            .get(&format!("{}-hmac", tenant.name))
+            .await
+            .unwrap();
+        tenant.secret = String::from_utf8(hmac.data.unwrap().remove(&key_id).unwrap().0).unwrap();
+        tenant.queue = status.queue.unwrap();
+    }
     record_timing(
-        "helm_install: helm install -> endpoint Ready",
+        "helm_install: endpoints applied -> Ready",
+        applied.elapsed(),
+    );
+    // The tenants' pods run the chart's ingest image, on this node: this operator made
+    // them with the platform's pod settings.
+    for tenant in &apart {
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &tenants)
+            .get(&format!("{}-ingest", tenant.name))
+            .await
+            .unwrap();
+        let spec = deployment.spec.template.spec.unwrap();
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(format!("anchorpipe-ingest:{}", chart_app_version()).as_str())
+        );
+        assert_eq!(
+            spec.node_selector.as_ref().and_then(|s| s.get(NODE_KEY)),
+            Some(&node.name)
+        );
+    }
+
+    // A CI report through the ingress: TLS with the tenant's certificate, routed by
+    // host to the tenant's pod, stored, and in the tenant's queue.
+    let (shop, docs) = (&apart[0], &apart[1]);
+    let first = eventually(
+        "a report through the ingress",
+        Duration::from_secs(60),
+        || {
+            let body = report::body(&shop.repo, "through-ingress");
+            async move {
+                match ingress::post(&shop.host, &shop.ca, &shop.repo, &shop.secret, &body).await {
+                    ingress::Answer::Status(200, text) => Ok(text),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    record_timing(
+        "helm_install: helm install -> endpoints Ready -> report through the ingress",
         install_started.elapsed(),
     );
-    // The tenant's pods run the chart's ingest image: this operator made them.
-    let deployment = Api::<Deployment>::namespaced(client.clone(), &tenants)
-        .get("shop-ingest")
-        .await
-        .unwrap();
-    let image = deployment.spec.template.spec.unwrap().containers[0]
-        .image
-        .clone();
-    assert_eq!(
-        image.as_deref(),
-        Some(format!("anchorpipe-ingest:{}", chart_app_version()).as_str())
-    );
-
-    // The tenant's ingest pod, run from that Deployment, takes a signed report.
-    let key_id = ep.status.as_ref().unwrap().current_key_id.clone().unwrap();
-    let hmac = Api::<Secret>::namespaced(client.clone(), &tenants)
-        .get("shop-hmac")
-        .await
-        .unwrap();
-    let secret = String::from_utf8(hmac.data.unwrap().remove(&key_id).unwrap().0).unwrap();
-    let mut ingest = KubeletPod::from_deployment(&client, &tenants, "shop-ingest").await;
-    ingest.start().await;
-    let (status, answer) = report::post(&ingest.base_url(), &repo, "helm-1", &secret).await;
-    assert_eq!(status, 200, "{answer}");
-    drop(ingest);
-
-    // Deleting the endpoint: the operator removes the tenant's queue and login and lets
-    // it go.
-    endpoints
-        .delete("shop", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the endpoint deleted", Duration::from_secs(60), || {
-        let endpoints = endpoints.clone();
-        async move {
-            match endpoints.get_opt("shop").await {
-                Ok(None) => Ok(()),
-                other => Err(format!("{:?}", other.map(|e| e.map(|e| e.status)))),
-            }
-        }
+    let answer: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let id = answer["runId"].as_str().unwrap().to_owned();
+    let (found, _) = broker::take_until(&shop.queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == id.as_str()
     })
     .await;
+    assert!(found.is_some(), "report {id} not in {}", shop.queue);
+
+    // The two tenants stay apart: one tenant's repository and key are refused on the
+    // other's host; each tenant's own report lands in its own queue only.
+    let body = report::body(&shop.repo, "wrong-host");
+    let answer = ingress::post(&docs.host, &docs.ca, &shop.repo, &shop.secret, &body).await;
+    assert!(
+        matches!(&answer, ingress::Answer::Status(401 | 403, _)),
+        "shop's report on docs' host: {answer:?}"
+    );
+    let body = report::body(&docs.repo, "docs-own");
+    let answer = ingress::post(&docs.host, &docs.ca, &docs.repo, &docs.secret, &body).await;
+    let ingress::Answer::Status(200, text) = answer else {
+        panic!("docs' report: {answer:?}");
+    };
+    let docs_id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (found, _) = broker::take_until(&docs.queue, Duration::from_secs(30), |m| {
+        m["ingestionId"] == docs_id.as_str()
+    })
+    .await;
+    assert!(found.is_some(), "docs' report not in {}", docs.queue);
+    assert_eq!(
+        broker::depth(&shop.queue).await,
+        Some(0),
+        "docs' report reached shop's queue"
+    );
+
+    // Bodies up to the tenant's maxBodyBytes get through the ingress; one byte more is
+    // the tenant's own 413.
+    let big = report_of_size(&shop.repo, "largest", MAX_BODY_BYTES);
+    assert_eq!(big.len(), MAX_BODY_BYTES);
+    let answer = ingress::post(&shop.host, &shop.ca, &shop.repo, &shop.secret, &big).await;
+    assert!(
+        matches!(&answer, ingress::Answer::Status(200, _)),
+        "a {MAX_BODY_BYTES}-byte report: {answer:?}"
+    );
+    let too_big = report_of_size(&shop.repo, "too-large", MAX_BODY_BYTES + 1);
+    let answer = ingress::post(&shop.host, &shop.ca, &shop.repo, &shop.secret, &too_big).await;
+    assert!(
+        matches!(&answer, ingress::Answer::Status(413, _)),
+        "a {}-byte report: {answer:?}",
+        MAX_BODY_BYTES + 1
+    );
+
+    // `helm upgrade` to a new image tag while a CI job keeps sending through the
+    // ingress: the operator and every tenant's pods roll; nothing answered 200 is lost.
+    let new_tag = format!("{}-upgrade-{sfx}", chart_app_version());
+    for image in ["anchorpipe-operator", "anchorpipe-ingest"] {
+        anchorpipe_e2e::image::tag(image, &chart_app_version(), &new_tag);
+    }
+    let sender = Sender::start(shop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let upgrade_started = Instant::now();
+    let (ok, out) = helm(&[
+        "upgrade",
+        &release,
+        &chart_path,
+        "--namespace",
+        &system,
+        "--reuse-values",
+        "--set",
+        &format!("operator.image.tag={new_tag}"),
+        "--set",
+        &format!("ingest.image.tag={new_tag}"),
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .await;
+    assert!(
+        ok,
+        "helm upgrade: {out}\nkubelet errors: {:?}{}",
+        node.errors(),
+        pod_logs(&system)
+    );
+    for tenant in &apart {
+        rolled_out(
+            &client,
+            &tenants,
+            &format!("{}-ingest", tenant.name),
+            &new_tag,
+        )
+        .await;
+    }
+    record_timing(
+        "helm_install: helm upgrade -> every pod rolled",
+        upgrade_started.elapsed(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = sender.stop().await;
+    let accepted: Vec<String> = sent
+        .iter()
+        .filter_map(|(_, answer)| match answer {
+            ingress::Answer::Status(200, text) => serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v["runId"].as_str().map(str::to_owned)),
+            _ => None,
+        })
+        .collect();
+    let retryable = sent
+        .iter()
+        .filter(|(_, a)| {
+            matches!(
+                a,
+                ingress::Answer::Status(503, _) | ingress::Answer::NoAnswer(_)
+            )
+        })
+        .count();
+    let other: Vec<&(String, ingress::Answer)> = sent
+        .iter()
+        .filter(|(_, a)| {
+            !matches!(
+                a,
+                ingress::Answer::Status(200 | 503, _) | ingress::Answer::NoAnswer(_)
+            )
+        })
+        .collect();
+    let waiting = std::sync::Mutex::new(
+        accepted
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+    );
+    broker::take_until(&shop.queue, Duration::from_secs(60), |m| {
+        let mut waiting = waiting.lock().unwrap();
+        if let Some(id) = m["ingestionId"].as_str() {
+            waiting.remove(id);
+        }
+        waiting.is_empty()
+    })
+    .await;
+    let lost = waiting.lock().unwrap().len();
+    eprintln!(
+        "helm upgrade under load: sent {}, 200 {}, delivered {}, lost {lost}, retryable (503 or no answer) {retryable}, other {}",
+        sent.len(),
+        accepted.len(),
+        accepted.len() - lost,
+        other.len()
+    );
+    assert!(
+        accepted.len() > 10,
+        "too few reports accepted during the upgrade: {sent:?}"
+    );
+    assert_eq!(lost, 0, "reports answered 200 but not in {}", shop.queue);
+    assert!(other.is_empty(), "answers a CI job cannot retry: {other:?}");
+
+    // Deleting the endpoints: the operator removes the tenants' queues and logins and
+    // lets them go.
+    for tenant in &apart {
+        endpoints
+            .delete(tenant.name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for tenant in &apart {
+        eventually("the endpoint deleted", Duration::from_secs(60), || {
+            let endpoints = endpoints.clone();
+            let name = tenant.name;
+            async move {
+                match endpoints.get_opt(name).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{:?}", other.map(|e| e.map(|e| e.status)))),
+                }
+            }
+        })
+        .await;
+    }
 
     suite_operator.release().await;
 
