@@ -54,10 +54,14 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
     done
     [ "$(helm template anchorpipe charts/anchorpipe --set tests.enabled=false | grep -c 'smoke-test' || true)" = 0 ] \
         || { echo "the helm test hook rendered while tests.enabled=false" >&2; exit 1; }
-    # Its endpoint must go to a namespace the operator serves.
-    expect_refused "tests.namespace: the smoke test's endpoint would go to namespace \"default\"" \
-        --namespace default --set 'operator.watchNamespaces={tenants}'
-    expect_refused 'would go to namespace "elsewhere"' \
+    # Its endpoint goes to a namespace the operator serves: by default the first watched
+    # one when the release namespace is not watched; a namespace set to another one is
+    # refused.
+    helm template anchorpipe charts/anchorpipe --namespace anchorpipe \
+        --set 'operator.watchNamespaces={tenants,ci}' --show-only templates/tests/smoke-test.yaml \
+        | grep -qF -- '- --namespace=tenants' \
+        || { echo "the helm test hook does not default to a watched namespace" >&2; exit 1; }
+    expect_refused "tests.namespace: the smoke test's endpoint would go to namespace \"elsewhere\"" \
         --set 'operator.watchNamespaces={tenants}' --set tests.namespace=elsewhere
     # Monitoring objects exist only when asked for (their CRDs are not on the test
     # cluster, so they are counted here rather than sent to the API server).
