@@ -873,7 +873,21 @@ mod tests {
         assert_eq!(endpoint.spec.queue.deletion_policy, DeletionPolicy::Delete);
         assert!(endpoint.spec.ingress.is_none());
         assert!(endpoint.spec.signatures.legacy && endpoint.spec.signatures.standard_webhooks);
-        // What the API server receives passes the operator's own spec checks.
+        // The operator's own spec checks pass, in any namespace of up to 48 characters
+        // (the tenant id `<namespace>.smoke-xxxxxxxx` has at most 63).
+        let namespace = "n".repeat(48);
+        assert!(
+            anchorpipe_crds::render::validate(&endpoint.spec, &namespace, "anchorpipe-smoke")
+                .is_ok()
+        );
+        assert!(
+            anchorpipe_crds::render::validate(
+                &endpoint.spec,
+                &format!("{namespace}n"),
+                "anchorpipe-smoke"
+            )
+            .is_err()
+        );
         let json = serde_json::to_value(&endpoint).unwrap();
         assert_eq!(json["apiVersion"], "anchorpipe.dev/v1alpha1");
         assert_eq!(json["kind"], "IngestionEndpoint");
