@@ -39,6 +39,30 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
     expect_refused "at '/operator/replicas': got string, want integer" --set operator.replicas=two
     expect_refused "additional properties 'nodeSelecter' not allowed" --set ingest.pods.nodeSelecter.pool=a
     expect_refused "at '/ingest/pods/tolerations'" --set ingest.pods.tolerations=dedicated
+    expect_refused "at '/tests/timeoutSeconds'" --set tests.timeoutSeconds=0
+    # The `helm test` hook: its ServiceAccount, Role and RoleBinding before its Pod, the
+    # Role in the test namespace and limited to the temporary endpoint; none when off.
+    hook=$(helm template anchorpipe charts/anchorpipe --namespace anchorpipe \
+        --set 'operator.watchNamespaces={tenants,ci}' --set tests.namespace=ci \
+        --show-only templates/tests/smoke-test.yaml)
+    for want in 'kind: ServiceAccount' 'kind: Role' 'kind: RoleBinding' 'kind: Pod' \
+        'helm.sh/hook: test' 'helm.sh/hook-delete-policy: before-hook-creation' \
+        'namespace: ci' '- smoke-test' '- --namespace=ci' '- --name=anchorpipe-smoke' \
+        'resourceNames: ["anchorpipe-smoke"]' 'resourceNames: ["anchorpipe-smoke-hmac"]' \
+        'readOnlyRootFilesystem: true' 'runAsUser: 65532'; do
+        grep -qF -- "$want" <<<"$hook" || { echo "the helm test hook lacks \`$want\`" >&2; exit 1; }
+    done
+    [ "$(helm template anchorpipe charts/anchorpipe --set tests.enabled=false | grep -c 'smoke-test' || true)" = 0 ] \
+        || { echo "the helm test hook rendered while tests.enabled=false" >&2; exit 1; }
+    # Its endpoint goes to a namespace the operator serves: by default the first watched
+    # one when the release namespace is not watched; a namespace set to another one is
+    # refused.
+    helm template anchorpipe charts/anchorpipe --namespace anchorpipe \
+        --set 'operator.watchNamespaces={tenants,ci}' --show-only templates/tests/smoke-test.yaml \
+        | grep -qF -- '- --namespace=tenants' \
+        || { echo "the helm test hook does not default to a watched namespace" >&2; exit 1; }
+    expect_refused "tests.namespace: the smoke test's endpoint would go to namespace \"elsewhere\"" \
+        --set 'operator.watchNamespaces={tenants}' --set tests.namespace=elsewhere
     # Monitoring objects exist only when asked for (their CRDs are not on the test
     # cluster, so they are counted here rather than sent to the API server).
     monitors() { helm template anchorpipe charts/anchorpipe "$@" | grep -cE '^kind: (ServiceMonitor|PodMonitor)$' || true; }
@@ -46,7 +70,9 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
     [ "$(monitors --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true)" = 2 ] \
         || { echo "ServiceMonitor/PodMonitor not rendered when enabled" >&2; exit 1; }
     # Cluster-wide and namespace-scoped RBAC, with every optional part and the tenant
-    # pod settings on: both render, and the API server accepts both.
+    # pod settings on: both render, and the API server accepts both. The `helm test`
+    # Pod runs as `default` here: a dry run creates no ServiceAccount, and the API server
+    # refuses a Pod whose ServiceAccount does not exist.
     for scope in "" "--set operator.watchNamespaces={default,kube-public}"; do
         # shellcheck disable=SC2086
         helm template anchorpipe charts/anchorpipe --namespace default --include-crds \
@@ -59,6 +85,7 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
             --set-json 'ingest.pods={"imagePullSecrets":[{"name":"regcred"}],"nodeSelector":{"pool":"ingest"},"tolerations":[{"key":"dedicated","operator":"Equal","value":"ingest","effect":"NoSchedule"}],"resources":{"requests":{"cpu":"250m"}}}' \
             --set-json 'migrations.tolerations=[{"key":"dedicated","operator":"Exists"}]' \
             $scope \
+            | sed 's/^  serviceAccountName: anchorpipe-operator-smoke-test$/  serviceAccountName: default/' \
             | kubectl apply --server-side --force-conflicts --field-manager=chart-check \
                 --dry-run=server -f - >/dev/null
     done

@@ -9,6 +9,7 @@
 //! - [`leader`], [`http`], [`metrics`], [`run`], [`watch`]: running it as a replicated service.
 //! - [`pod_defaults`]: the platform's pull Secrets and scheduling for tenant pods.
 //! - [`uninstall`]: `release-finalizers`, run by the chart before it is uninstalled.
+//! - [`smoke`]: `smoke-test`, run by the chart's `helm test` pod.
 //! - [`crdgen`]: the CRD manifest generated from the types.
 
 pub mod accounts;
@@ -28,6 +29,7 @@ pub mod platform_accounts;
 pub mod pod_defaults;
 pub mod reconcile;
 pub mod run;
+pub mod smoke;
 pub mod status;
 pub mod uninstall;
 pub mod watch;

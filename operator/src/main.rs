@@ -1,5 +1,6 @@
 //! `anchorpipe-operator`: `crd` prints the CRD, `run` runs the controller,
-//! `release-finalizers` lets endpoints go before the operator is uninstalled.
+//! `release-finalizers` lets endpoints go before the operator is uninstalled, `smoke-test`
+//! checks an installed stack end to end (`helm test`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -33,6 +34,28 @@ enum Command {
     /// endpoints and namespaces can be deleted once it is uninstalled. Tenant data
     /// (stored reports, logins, queues) and the endpoints themselves are left in place.
     ReleaseFinalizers(ReleaseArgs),
+    /// Check the installed stack end to end with a temporary IngestionEndpoint (what the
+    /// chart's `helm test` runs).
+    ///
+    /// Creates the endpoint, waits until it is Ready, posts a report signed with its
+    /// current key to one of its ingest pods (expecting 200) and one signed with a wrong
+    /// key (expecting 401), then deletes it and waits until it is gone, also after a
+    /// failure and on SIGTERM. Reports go to a ready pod address taken from the Service's
+    /// EndpointSlices, so the check depends on neither cluster DNS nor kube-proxy.
+    SmokeTest(SmokeTestArgs),
+}
+
+#[derive(clap::Args)]
+struct SmokeTestArgs {
+    #[command(flatten)]
+    smoke: anchorpipe_operator::smoke::SmokeArgs,
+    #[arg(
+        long,
+        env = "ANCHORPIPE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -222,6 +245,10 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             })
+        }
+        Command::SmokeTest(args) => {
+            init_tracing(args.log_format);
+            anchorpipe_operator::smoke::main(&args.smoke)
         }
         Command::Run(args) => {
             init_tracing(args.log_format);
