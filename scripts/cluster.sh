@@ -203,11 +203,11 @@ KUBECONFIG_PATH="$STATE/kubeconfig"
 ETCD_DATA="/dev/shm/anchorpipe-etcd-$(printf '%s' "$STATE" | sha256sum | cut -c1-12)"
 
 # Whether a running component was started with the arguments this script gives it now
-# (only the controller-manager is checked: the others' arguments name this checkout's
-# files, which differ between checkouts sharing one state dir).
+# (only the controller-manager and Traefik are checked: the others' arguments name this
+# checkout's files, which differ between checkouts sharing one state dir).
 args_current() { # <component>
   local pid expected actual
-  [[ "$1" == kube-controller-manager ]] || return 0
+  [[ "$1" == kube-controller-manager || "$1" == traefik ]] || return 0
   pid="$(pid_of "$1")" || return 0
   expected="$(component_args "$1")"
   actual="$(tr '\0' '\n' <"/proc/$pid/cmdline" | tail -n +2)"
@@ -388,6 +388,7 @@ component_args() { # <component> -> one argument per line
       --global.checknewversion=false \
       --global.sendanonymoususage=false \
       --log.level=INFO \
+      --log.nocolor=true \
       --entrypoints.websecure.address="127.0.0.1:$INGRESS_HTTPS_PORT" \
       --entrypoints.websecure.http.tls=true \
       --entrypoints.web.address="127.0.0.1:$INGRESS_HTTP_PORT" \

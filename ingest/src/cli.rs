@@ -322,10 +322,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         app(state),
         crate::server::ConnectionLimits::from(&config.protection),
         Arc::clone(&metrics),
-        drain_after_signal(
-            draining,
-            Duration::from_secs(args.shutdown_delay_seconds),
-        ),
+        drain_after_signal(draining, Duration::from_secs(args.shutdown_delay_seconds)),
     )
     .await;
     tracing::info!("HTTP server drained; stopping background tasks");

@@ -18,10 +18,13 @@
 //!   one (`runAsNonRoot` refuses root). The user is a user namespace's mapping of the
 //!   image's uid/gid, so the process sees itself as that user. `readOnlyRootFilesystem`
 //!   makes the copy read-only.
-//! - **Pod network**: every pod gets an address of its own in 127.0.0.0/8, reported as
-//!   its `podIP` (so EndpointSlices, and an ingress controller reading them, route to
-//!   it); an argument binding all interfaces (`0.0.0.0:<port>`) binds that address,
-//!   which is what the pod's network namespace would make of it.
+//! - **Pod network**: every pod gets an address of its own, added to the loopback
+//!   interface for as long as the pod lives (`ip addr add 10.250.<node>.<n>/32 dev lo`;
+//!   the API server refuses 127.0.0.0/8 in EndpointSlices, so the addresses come from a
+//!   private range instead), reported as its `podIP`: EndpointSlices, and an ingress
+//!   controller reading them, route to it. An argument binding all interfaces
+//!   (`0.0.0.0:<port>`) binds that address, which is what the pod's network namespace
+//!   would make of it. Adding addresses needs CAP_NET_ADMIN (root).
 //! - **Volumes**: Secret, ConfigMap, emptyDir and projected volumes (ServiceAccount token
 //!   from the TokenRequest API bound to the pod, `kube-root-ca.crt`, the namespace) are
 //!   written with the kubelet's atomic layout ([`crate::kubelet::atomic_write`]) and
@@ -79,11 +82,14 @@ const MAX_GRACE: Duration = Duration::from_secs(10);
 /// pod's command. The root (the pod's copy of the image) becomes a mount point, each
 /// source is bind-mounted at its path inside it, the root is made read-only when asked,
 /// and the command runs with that root in a user namespace that maps the pod's uid and
-/// gid to this one. PATH is set for the tools only and is not exported to the process;
-/// neither is the shell's PWD. The parent-death signal is set last: nothing after it
+/// gid to this one. The tools are found on a PATH of their own; the process gets the
+/// pod's PATH (or none) and not the shell's PWD. The parent-death signal is set last: nothing after it
 /// changes the process's credentials, which would clear it.
-const MOUNT_SCRIPT: &str = r#"PATH=/usr/sbin:/usr/bin:/sbin:/bin
+const MOUNT_SCRIPT: &str = r#"if [ -n "${PATH+set}" ]; then pod_path=$PATH; fi
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
 set -e
+setpriv=$(command -v setpriv)
+unshare=$(command -v unshare)
 root=$1 root_mode=$2 uid=$3 gid=$4 workdir=$5
 shift 5
 mount --bind "$root" "$root"
@@ -102,7 +108,8 @@ done
 shift
 if [ "$root_mode" = ro ]; then mount -o remount,bind,ro "$root"; fi
 unset PWD
-exec setpriv --pdeathsig KILL -- unshare --user --map-user="$uid" --map-group="$gid" \
+if [ -n "${pod_path+set}" ]; then export PATH="$pod_path"; else unset PATH; fi
+exec "$setpriv" --pdeathsig KILL -- "$unshare" --user --map-user="$uid" --map-group="$gid" \
   --root="$root" --wd="$workdir" -- "$@"
 "#;
 
@@ -188,9 +195,9 @@ impl Node {
             root: root.clone(),
             api_host,
             api_port,
-            // 127.<100-227>.<x>.<n>: one /24 per node, picked at random, so nodes of
-            // concurrent runs do not share addresses.
-            ip_prefix: format!("127.{}.{}", 100 + (bytes[0] & 0x7f), bytes[1]),
+            // 10.250.<x>.<n>: one /24 per node, picked at random, so nodes of
+            // concurrent runs rarely meet (an address in use is skipped).
+            ip_prefix: format!("10.250.{}", bytes[1]),
             next_ip: AtomicU32::new(2),
             pods: BTreeMap::new(),
             errors: Errors::default(),
@@ -317,13 +324,14 @@ impl Launch {
             .and_then(|f| Ok((f.try_clone()?, f)))
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let mode = |ro: bool| if ro { "ro" } else { "rw" };
-        let mut command = tokio::process::Command::new("unshare");
+        // By its path in this process's PATH: the child's PATH is the image's.
+        let mut command = tokio::process::Command::new(unshare_path());
         command
             .args([
                 "--user",
                 "--map-root-user",
                 "--mount",
-                "sh",
+                "/bin/sh",
                 "-c",
                 MOUNT_SCRIPT,
                 "sh",
@@ -355,6 +363,16 @@ impl Launch {
     }
 }
 
+/// `unshare` as found on this process's PATH.
+fn unshare_path() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("unshare"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/unshare"))
+}
+
 /// A pod this kubelet has taken on.
 struct Running {
     namespace: String,
@@ -376,6 +394,43 @@ struct Running {
     grace: Duration,
     terminating_since: Option<Instant>,
     last_delete: Option<Instant>,
+    /// The pod's address on the loopback interface, removed when the pod goes.
+    address: Option<PodAddress>,
+}
+
+/// An address added to the loopback interface for one pod; removed on drop.
+struct PodAddress {
+    ip: String,
+}
+
+impl PodAddress {
+    /// Adds `ip`; `Ok(None)` when the address is already in use on this machine.
+    fn add(ip: String) -> Result<Option<Self>, String> {
+        let out = std::process::Command::new("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .output()
+            .map_err(|e| format!("ip addr add: {e}"))?;
+        if out.status.success() {
+            return Ok(Some(Self { ip }));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("File exists") {
+            Ok(None)
+        } else {
+            Err(format!(
+                "giving the pod address {ip} (ip addr add, which needs CAP_NET_ADMIN): {}",
+                stderr.trim()
+            ))
+        }
+    }
+}
+
+impl Drop for PodAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+            .output();
+    }
 }
 
 struct Kubelet {
@@ -454,6 +509,17 @@ impl Kubelet {
         }
     }
 
+    /// The next free address of this node's range, added to the loopback interface.
+    fn pod_address(&self) -> Result<PodAddress, String> {
+        for _ in 0..254 {
+            let n = self.next_ip.fetch_add(1, Ordering::Relaxed) % 254 + 1;
+            if let Some(address) = PodAddress::add(format!("{}.{n}", self.ip_prefix))? {
+                return Ok(address);
+            }
+        }
+        Err(format!("no free address in {}.0/24", self.ip_prefix))
+    }
+
     /// Takes a new pod on: materializes it, starts its process and reports Running (or
     /// Failed, with the reason, when it cannot be run here).
     async fn admit(&mut self, pod: &Pod, uid: &str) {
@@ -461,11 +527,11 @@ impl Kubelet {
         let name = pod.name_any();
         let spec = pod.spec.clone().unwrap_or_default();
         let container = spec.containers.first().cloned().unwrap_or_default();
-        let ip = format!(
-            "{}.{}",
-            self.ip_prefix,
-            self.next_ip.fetch_add(1, Ordering::Relaxed) % 254 + 1
-        );
+        let address = self.pod_address();
+        let ip = address
+            .as_ref()
+            .map(|a| a.ip.clone())
+            .unwrap_or_else(|_| "0.0.0.0".to_owned());
         let mut running = Running {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -493,8 +559,15 @@ impl Kubelet {
             .min(MAX_GRACE),
             terminating_since: None,
             last_delete: None,
+            address: None,
         };
-        let prepared = self.prepare(pod, uid, &ip).await;
+        let prepared = match address {
+            Ok(address) => {
+                running.address = Some(address);
+                self.prepare(pod, uid, &ip).await
+            }
+            Err(e) => Err(e),
+        };
         let started = prepared.and_then(|(launch, probe)| {
             let child = launch.spawn()?;
             Ok((launch, probe, child))
@@ -563,6 +636,7 @@ impl Kubelet {
         // them), files hard-linked to the unpacked image.
         let root = pod_dir.join("rootfs");
         let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&pod_dir).map_err(|e| format!("{}: {e}", pod_dir.display()))?;
         let copied = std::process::Command::new("cp")
             .arg("-al")
             .arg(&image.rootfs)

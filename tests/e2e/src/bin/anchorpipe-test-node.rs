@@ -27,8 +27,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     eprintln!("node {} running; scheduling values in {out}", node.name);
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
             eprintln!("SIGTERM handler: {e}");
