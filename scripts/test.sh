@@ -46,7 +46,7 @@ if [ -x scripts/cluster.sh ] && [ -d tests/e2e ]; then
         --set 'operator.watchNamespaces={tenants,ci}' --set tests.namespace=ci \
         --show-only templates/tests/smoke-test.yaml)
     for want in 'kind: ServiceAccount' 'kind: Role' 'kind: RoleBinding' 'kind: Pod' \
-        'helm.sh/hook: test' 'helm.sh/hook-delete-policy: before-hook-creation' \
+        'helm.sh/hook: test' 'helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded' \
         'namespace: ci' '- smoke-test' '- --namespace=ci' '- --name=anchorpipe-smoke' \
         'resourceNames: ["anchorpipe-smoke"]' 'resourceNames: ["anchorpipe-smoke-hmac"]' \
         'readOnlyRootFilesystem: true' 'runAsUser: 65532'; do

@@ -1,86 +1,95 @@
-//! Graceful shutdown of the real binary: on SIGTERM it stops accepting connections but
-//! finishes the request in flight (a slow upload here), stores it, and exits cleanly.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Stopping a pod: after SIGTERM the real binary reports not ready at once but keeps
+//! serving for `--shutdown-delay-seconds`, so that endpoint and ingress controllers stop
+//! routing to it before its listener closes; then it exits cleanly.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anchorpipe_ingest::signature::sign_legacy;
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 use sqlx::PgPool;
 use support::*;
 
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
+
+async fn get(client: &HttpClient, url: &str) -> Result<(u16, Value), String> {
+    let request = hyper::Request::get(url)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
 #[sqlx::test(migrator = "anchorpipe_ingest::MIGRATOR")]
-async fn sigterm_finishes_the_request_in_flight(pool: PgPool) {
+async fn after_sigterm_the_pod_is_not_ready_but_serves_until_the_delay_has_passed(pool: PgPool) {
     let config = tenant_config();
     let repo = config.repositories[0];
     let ingest = IngestProcess::prepare(&pool, &config, false).await;
-    let port = ingest.port;
-    let mut child = ingest.spawn();
+    let mut child = ingest.spawn_with(&["--shutdown-delay-seconds", "2"]);
     ingest.wait_ready().await;
-
-    // A slow upload: half the body now, the rest after SIGTERM.
-    let body = report(repo, "slow-upload");
-    let (first, second) = body.split_at(body.len() / 2);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
-    let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    let streaming: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = hyper::Request::post(format!("http://127.0.0.1:{port}/api/ingestion"))
-        .header("authorization", format!("Bearer {repo}"))
-        .header("x-fr-sig", sign_legacy(SECRET, body.as_bytes()))
-        .header("content-length", body.len())
-        .body(StreamBody::new(stream))
-        .unwrap();
-    let in_flight = tokio::spawn(streaming.request(request));
-    tx.send(Ok(Frame::data(Bytes::from(first.to_owned()))))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
 
     let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are no longer accepted while the old request finishes.
-    let fresh: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let probe = hyper::Request::get(format!("http://127.0.0.1:{port}/healthz"))
-        .body(Full::default())
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
         .unwrap();
+    assert!(killed.success());
+
+    // Not ready from the signal on (the readiness check polls; give it a moment).
+    let mut readiness = (0, Value::Null);
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        readiness = get(&client, &ingest.url("/readyz")).await.unwrap();
+        if readiness.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(readiness.0, 503, "{}", readiness.1);
+    assert_eq!(readiness.1["draining"], true, "{}", readiness.1);
+
+    // ... and still serving reports.
+    let body = report(repo, "during-the-delay");
+    let request = hyper::Request::post(ingest.url("/api/ingestion"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {repo}"))
+        .header("x-fr-sig", sign_legacy(SECRET, body.as_bytes()))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let answered = client.request(request).await.unwrap();
+    assert_eq!(answered.status().as_u16(), 200);
     assert!(
-        fresh.request(probe).await.is_err(),
-        "still accepting after SIGTERM"
+        signalled.elapsed() < Duration::from_secs(2),
+        "the report was answered only after the delay; the test proves nothing"
     );
 
-    tx.send(Ok(Frame::data(Bytes::from(second.to_owned()))))
-        .await
-        .unwrap();
-    drop(tx);
-    let response = in_flight.await.unwrap().unwrap();
-    assert_eq!(response.status(), 200);
-    let json: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(json["message"], "Test report received");
+    // Then it exits, cleanly, once the delay has passed.
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
-        .expect("did not exit after SIGTERM")
+        .expect("the process did not exit after the delay")
         .unwrap();
-    assert!(status.success(), "exit status {status}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ingestions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let stopped = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopped >= Duration::from_secs(2),
+        "exited {stopped:?} after SIGTERM, before the 2 s delay"
+    );
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ingestions WHERE run_id = 'during-the-delay'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(stored, 1);
 }

@@ -327,9 +327,15 @@ impl IngestProcess {
     }
 
     pub fn spawn(&self) -> tokio::process::Child {
+        self.spawn_with(&[])
+    }
+
+    /// [`Self::spawn`] with further `serve` arguments.
+    pub fn spawn_with(&self, extra: &[&str]) -> tokio::process::Child {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorpipe-ingest"));
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
             .arg("--config")
             .arg(self.dir.join("config.json"))
             .arg("--keys-dir")

@@ -15,7 +15,8 @@
 //! Where things come from: `KUBECONFIG` and `PATH` (kubectl) from `scripts/cluster.sh
 //! env`, `DATABASE_URL` and `AMQP_URL` from `scripts/services.sh env`, both exported by
 //! `scripts/test.sh`; the binaries from the cargo target dir next to the test executable
-//! (`cargo build --workspace --bins` first).
+//! (`cargo build --workspace --bins` first), the images from its `images/` directory
+//! (`scripts/images.sh`); the ingress controller's port from `scripts/cluster.sh env`.
 
 pub mod broker;
 pub mod cluster;
