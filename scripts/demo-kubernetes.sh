@@ -79,13 +79,16 @@ values = {
 }
 json.dump(values, open(sys.argv[2], "w"))
 EOF
-kubectl create namespace "$SYSTEM" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# The tenant namespace first: the chart gives the operator a Role in each namespace it
+# serves.
+for ns in "$SYSTEM" "$TENANT_NS"; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+done
 time helm upgrade --install "$RELEASE" charts/anchorpipe --namespace "$SYSTEM" \
     --values "$DEMO/values.json" --wait --timeout 180s
 kubectl -n "$SYSTEM" get pods -o wide
 
-step "a tenant: its namespace, a TLS certificate for $HOST, and its IngestionEndpoint"
-kubectl create namespace "$TENANT_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+step "a tenant: a TLS certificate for $HOST and its IngestionEndpoint"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
     -keyout "$DEMO/tls.key" -out "$DEMO/tls.crt" 2>/dev/null
@@ -134,8 +137,8 @@ echo "curl --resolve $HOST:$PORT:127.0.0.1 https://$HOST:$PORT/api/ingestion"
 echo "$out"
 case "$out" in *"HTTP 200"*) ;; *) echo "the report was not accepted" >&2; exit 1 ;; esac
 
-step "kubectl get ingestionendpoints"
-kubectl get ingestionendpoints -A
+step "kubectl get ingestionendpoints -n $TENANT_NS"
+kubectl get ingestionendpoints --namespace "$TENANT_NS"
 
 step "the message in the tenant's queue (RabbitMQ management API, left in the queue)"
 QUEUE=$(kubectl -n "$TENANT_NS" get ingestionendpoint demo -o jsonpath='{.status.queue}')

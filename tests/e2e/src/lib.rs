@@ -34,10 +34,15 @@ use std::time::{Duration, Instant};
 /// executable lives in its `deps/` subdirectory.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("unexpected test executable location {}", exe.display()))
+    // A test executable is in `<profile>/deps/`; a binary of this crate in `<profile>/`.
+    let dir = exe
+        .parent()
+        .unwrap_or_else(|| panic!("unexpected executable location {}", exe.display()));
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf())
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A workspace binary, built by `cargo build --workspace --bins`.
