@@ -39,7 +39,9 @@ pub fn profile_dir() -> PathBuf {
         .parent()
         .unwrap_or_else(|| panic!("unexpected executable location {}", exe.display()));
     if dir.file_name().is_some_and(|name| name == "deps") {
-        dir.parent().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf())
+        dir.parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.to_path_buf())
     } else {
         dir.to_path_buf()
     }

@@ -12,14 +12,23 @@ use sha2::Sha256;
 
 /// A minimal valid report for `repo`.
 pub fn body(repo: &str, run_id: &str) -> String {
+    body_with_tests(
+        repo,
+        run_id,
+        vec![json!({"path": "A.java", "name": "a", "status": "pass",
+                    "durationMs": 12, "startedAt": "2026-11-28T17:43:00Z"})],
+    )
+}
+
+/// A valid report for `repo` carrying `tests`.
+pub fn body_with_tests(repo: &str, run_id: &str, tests: Vec<Value>) -> String {
     json!({
         "repo_id": repo,
         "commit_sha": "0123456789abcdef0123456789abcdef01234567",
         "run_id": run_id,
         "framework": "junit",
         "branch": "main",
-        "tests": [{"path": "A.java", "name": "a", "status": "pass",
-                   "durationMs": 12, "startedAt": "2026-11-28T17:43:00Z"}]
+        "tests": tests,
     })
     .to_string()
 }

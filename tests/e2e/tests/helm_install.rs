@@ -60,15 +60,7 @@ fn report_of_size(repo: &str, run_id: &str, size: usize) -> String {
                        "status": "pass", "durationMs": 1, "startedAt": "2026-11-28T17:43:00Z"})
             })
             .collect();
-        json!({
-            "repo_id": repo,
-            "commit_sha": "0123456789abcdef0123456789abcdef01234567",
-            "run_id": run_id,
-            "framework": "junit",
-            "branch": "main",
-            "tests": tests,
-        })
-        .to_string()
+        report::body_with_tests(repo, run_id, tests)
     };
     let base = report(0, 0).len();
     assert!(
@@ -78,6 +70,19 @@ fn report_of_size(repo: &str, run_id: &str, size: usize) -> String {
     let each = (size - base) / TESTS;
     let extra = size - report(each, 0).len();
     report(each, extra)
+}
+
+/// The names (`kind/name`, one per line) of the objects of `kinds` labelled as the
+/// release's, in `namespace` or cluster-wide.
+async fn release_objects(release: &str, kinds: &str, namespace: Option<&str>) -> String {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let mut args = vec!["get", kinds, "--selector", &selector, "--output", "name"];
+    if let Some(namespace) = namespace {
+        args.extend(["--namespace", namespace]);
+    }
+    let out = kubectl(&args).await;
+    assert!(out.success, "kubectl get {kinds}: {}", out.stderr);
+    out.stdout.trim().to_owned()
 }
 
 /// A CI job posting reports one after another through the ingress until stopped.
@@ -1020,36 +1025,19 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     // hook resource), nothing of the passed `helm test`; no cluster-scoped object; the
     // CRD (checked by the next test's use of it).
     for (namespace, documented) in [(&system, "secret/anchorpipe-platform"), (&tenants, "")] {
-        let left = kubectl(&[
-            "get",
-            "serviceaccounts,roles,rolebindings,configmaps,secrets,pods,jobs,deployments,services,leases",
-            "--namespace",
-            namespace,
-            "--selector",
-            &format!("app.kubernetes.io/instance={release}"),
-            "--output",
-            "name",
-        ])
-        .await;
-        assert!(left.success, "{}", left.stderr);
         assert_eq!(
-            left.stdout.trim(),
+            release_objects(
+                &release,
+                "serviceaccounts,roles,rolebindings,configmaps,secrets,pods,jobs,deployments,services,leases",
+                Some(namespace),
+            )
+            .await,
             documented,
             "left in {namespace} by the release"
         );
     }
-    let left = kubectl(&[
-        "get",
-        "clusterroles,clusterrolebindings",
-        "--selector",
-        &format!("app.kubernetes.io/instance={release}"),
-        "--output",
-        "name",
-    ])
-    .await;
-    assert!(left.success, "{}", left.stderr);
     assert_eq!(
-        left.stdout.trim(),
+        release_objects(&release, "clusterroles,clusterrolebindings", None).await,
         "",
         "cluster-scoped objects left by the release"
     );
