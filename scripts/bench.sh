@@ -39,12 +39,14 @@ eval "$(scripts/services.sh env)"
 
 log "building release binaries (anchorpipe-ingest, anchorpipe-bench)"
 cargo build --release --locked -p anchorpipe-ingest -p anchorpipe-bench
+# Where cargo put them: CARGO_TARGET_DIR when set, as for every other cargo command.
+bin=${CARGO_TARGET_DIR:-target}/release
 
 if [ "${1:-}" = "--attack" ]; then
     shift
     log "load average before the attack run: $(cut -d' ' -f1-3 /proc/loadavg)"
-    exec target/release/anchorpipe-bench attack \
-        --ingest-bin target/release/anchorpipe-ingest \
+    exec "$bin/anchorpipe-bench" attack \
+        --ingest-bin "$bin/anchorpipe-ingest" \
         --out-dir tests/bench \
         "$@"
 fi
@@ -52,8 +54,8 @@ fi
 if [ "${1:-}" = "--relay" ]; then
     shift
     log "load average before the relay run: $(cut -d' ' -f1-3 /proc/loadavg)"
-    exec target/release/anchorpipe-bench relay \
-        --ingest-bin target/release/anchorpipe-ingest \
+    exec "$bin/anchorpipe-bench" relay \
+        --ingest-bin "$bin/anchorpipe-ingest" \
         "$@"
 fi
 
@@ -63,8 +65,8 @@ if command -v perf >/dev/null 2>&1 && perf stat -e task-clock true >/dev/null 2>
 fi
 
 log "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every figure)"
-target/release/anchorpipe-bench run \
-    --ingest-bin target/release/anchorpipe-ingest \
+"$bin/anchorpipe-bench" run \
+    --ingest-bin "$bin/anchorpipe-ingest" \
     --out-dir tests/bench \
     "${perf_flag[@]}" \
     "$@"

@@ -8,6 +8,8 @@
 //!   issue 10; writes `ATTACK.md` (linked from `RESULTS.md`).
 //! - `relay`: the relay draining a full outbox against plain publish-with-confirms,
 //!   alternating, in one run.
+//! - `pgcost`: what storing one report costs PostgreSQL, path by path (CPU of the
+//!   backend and of the other PostgreSQL processes, WAL, wall time).
 
 mod attack;
 mod chart;
@@ -16,6 +18,7 @@ mod load;
 mod matrix;
 mod memory;
 mod parser;
+mod pgcost;
 mod procstat;
 mod relay;
 mod report;
@@ -53,6 +56,22 @@ enum Command {
     Attack(AttackArgs),
     /// The relay draining a full outbox against publish-with-confirms, in rounds.
     Relay(RelayArgs),
+    /// What storing one report costs PostgreSQL, path by path.
+    Pgcost(PgcostArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PgcostArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, value_enum, default_value = "large")]
+    size: Size,
+    /// Reports stored per path.
+    #[arg(long, default_value_t = 40)]
+    reports: usize,
+    /// Reports per transaction of the batched path.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +157,12 @@ struct RunArgs {
     /// Record a whole-machine `perf` profile during one extra small-report point.
     #[arg(long)]
     perf: bool,
+    /// Rounds of the relay scenario after the matrix, for the relay target (0: none).
+    #[arg(long, default_value_t = 3)]
+    relay_rounds: usize,
+    /// Outbox rows the relay drains per round.
+    #[arg(long, default_value_t = 50_000)]
+    relay_rows: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,6 +192,9 @@ struct LoadArgs {
     count: Option<u64>,
 }
 
+/// The heading from which `RESULTS.md` is carried over by `run` unchanged.
+const KEPT_SECTION: &str = "\n## Report parser";
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Parser = cli.command {
@@ -181,6 +209,15 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) => one_load(args).await,
             Command::Attack(args) => under_attack(args).await,
             Command::Relay(args) => relay_pace(args).await,
+            Command::Pgcost(args) => {
+                pgcost::run(pgcost::Settings {
+                    database_url: args.database_url,
+                    size: args.size,
+                    reports: args.reports,
+                    batch: args.batch,
+                })
+                .await
+            }
             Command::Parser => Ok(()),
         }
     })
@@ -200,11 +237,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         db_max_connections: args.db_max_connections,
         memory_run: !args.no_memory,
         perf: args.perf,
+        relay_rounds: args.relay_rounds,
+        relay_rows: args.relay_rows,
     };
     let results = matrix::run(settings).await?;
     std::fs::create_dir_all(&args.out_dir)?;
     let markdown = results::render(&results, results.perf.as_deref());
     let md_path = args.out_dir.join("RESULTS.md");
+    // Sections this command does not measure (the parser micro-benchmark) stay as they
+    // were, at the end.
+    let kept = std::fs::read_to_string(&md_path)
+        .ok()
+        .and_then(|old| old.find(KEPT_SECTION).map(|at| old[at..].to_owned()))
+        .unwrap_or_default();
+    let markdown = if kept.is_empty() {
+        markdown
+    } else {
+        format!("{}\n\n{}", markdown.trim_end(), kept.trim_start())
+    };
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let png_path = args.out_dir.join("throughput.png");
     chart::draw(&results, &png_path)?;

@@ -51,6 +51,9 @@ pub struct Settings {
     pub memory_run: bool,
     /// Record a whole-machine `perf` profile during one extra small-report point.
     pub perf: bool,
+    /// Rounds of the relay scenario after the matrix (0: none) and its outbox rows.
+    pub relay_rounds: usize,
+    pub relay_rows: i64,
 }
 
 impl Settings {
@@ -75,6 +78,8 @@ impl Settings {
             db_max_connections: 16,
             memory_run: false,
             perf: false,
+            relay_rounds: 0,
+            relay_rows: 0,
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct Results {
     pub retained_rss: Option<f64>,
     /// `perf report` of the profiled point, when asked for and `perf` works here.
     pub perf: Option<String>,
+    /// The relay scenario's rounds (empty when not run).
+    pub relay: Vec<crate::relay::Round>,
 }
 
 /// The tenant config the bench serves: generous rate limits (the limiter is not what
@@ -441,7 +448,13 @@ fn environment(settings: &Settings) -> Vec<(String, String)> {
         ),
         (
             "Ingest binary".into(),
-            settings.ingest_bin.display().to_string(),
+            format!(
+                "{} (release build)",
+                settings.ingest_bin.file_name().map_or_else(
+                    || settings.ingest_bin.display().to_string(),
+                    |name| { name.to_string_lossy().into_owned() }
+                )
+            ),
         ),
         ("Load average at start".into(), procstat::loadavg()),
     ]
@@ -604,7 +617,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
             .await?;
             let drained = drain(&pool, tenant).await?;
             progress(&format!(
-                "  {label}: e2e {:.0}/s p99 {:.1} ms [{}] | floor {:.0}/s | PostgreSQL {:.0} tx/s | relay drained in {:.1} s | peak RSS {:.0} MiB | cores: {}",
+                "  {label}: e2e {:.0}/s p99 {:.1} ms [{}] | floor {:.0}/s | PostgreSQL {:.0} tx/s | relay drained in {:.1} s | peak RSS {:.0} MiB | cores: {} | postgres e2e: {} | postgres limit: {}",
                 e2e.ok_per_sec(),
                 e2e.ms(0.99),
                 e2e.status_summary(),
@@ -613,6 +626,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 drained.as_secs_f64(),
                 e2e_peak.unwrap_or(0.0),
                 e2e_cpu.summary(),
+                e2e_cpu.postgres_summary(),
+                postgres_cpu.postgres_summary(),
             ));
             points.push(Point {
                 concurrency,
@@ -714,6 +729,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
     floor.stop().await;
     pool.close().await;
     delete_topology(&settings.amqp_url, &config.broker).await?;
+    let relay = if settings.relay_rounds > 0 {
+        progress(&format!(
+            "relay: {} rounds of publish-with-confirms then the relay draining {} rows",
+            settings.relay_rounds, settings.relay_rows
+        ));
+        crate::relay::run(crate::relay::Settings {
+            ingest_bin: settings.ingest_bin.clone(),
+            database_url: settings.database_url.clone(),
+            amqp_url: settings.amqp_url.clone(),
+            work_dir: settings.work_dir.join("relay"),
+            duration: settings.duration,
+            rows: settings.relay_rows,
+            rounds: settings.relay_rounds,
+            relay_batch: settings.relay_batch,
+        })
+        .await?
+    } else {
+        Vec::new()
+    };
     Ok(Results {
         settings,
         started,
@@ -726,6 +760,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         idle_rss,
         retained_rss,
         perf,
+        relay,
     })
 }
 

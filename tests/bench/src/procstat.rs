@@ -71,12 +71,17 @@ impl Group {
 #[derive(Debug, Clone, Default)]
 pub struct CpuSnapshot {
     by_pid: BTreeMap<u32, (Group, f64)>,
+    /// The role of each PostgreSQL process counted in [`Group::Postgres`].
+    pg_roles: BTreeMap<u32, String>,
 }
 
 /// Cores each group kept busy between two snapshots.
 #[derive(Debug, Clone, Default)]
 pub struct CpuUse {
     pub cores: BTreeMap<Group, f64>,
+    /// [`Group::Postgres`] split by process role: `backends` (the connections doing the
+    /// statements) and each background process (`checkpointer`, `walwriter`, …).
+    pub postgres_roles: BTreeMap<String, f64>,
 }
 
 impl CpuUse {
@@ -92,6 +97,16 @@ impl CpuUse {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// `backends 0.40, checkpointer 0.05, …` (roles above 0.005 cores).
+    pub fn postgres_summary(&self) -> String {
+        self.postgres_roles
+            .iter()
+            .filter(|(_, cores)| **cores >= 0.005)
+            .map(|(role, cores)| format!("{role} {cores:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn classify(pid: u32, comm: &str, ingest_pids: &[u32]) -> Group {
@@ -100,7 +115,12 @@ fn classify(pid: u32, comm: &str, ingest_pids: &[u32]) -> Group {
     } else if pid == std::process::id() {
         Group::LoadGenerator
     } else if comm == "postgres" {
-        Group::Postgres
+        // The cluster is shared: a backend serving another database is someone else's
+        // work, not the bench's PostgreSQL cost.
+        match postgres_role(pid) {
+            PgRole::Backend(database) if !database.starts_with(BENCH_DATABASES) => Group::Other,
+            _ => Group::Postgres,
+        }
     } else if comm == "beam.smp" || comm == "erl_child_setup" || comm == "epmd" {
         Group::RabbitMq
     } else {
@@ -108,9 +128,107 @@ fn classify(pid: u32, comm: &str, ingest_pids: &[u32]) -> Group {
     }
 }
 
+/// Every database the bench creates starts with this.
+const BENCH_DATABASES: &str = "anchorpipe_bench";
+
+/// What a PostgreSQL process is, from the title it sets (`/proc/PID/cmdline`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgRole {
+    /// A client backend, with its database.
+    Backend(String),
+    /// The postmaster or a background process: `checkpointer`, `walwriter`, …
+    Background(String),
+}
+
+pub fn postgres_role(pid: u32) -> PgRole {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .unwrap_or_default();
+    let Some(rest) = title.trim().strip_prefix("postgres: ") else {
+        return PgRole::Background("postmaster".to_owned());
+    };
+    let background = [
+        "checkpointer",
+        "background writer",
+        "walwriter",
+        "autovacuum launcher",
+        "autovacuum worker",
+        "logical replication launcher",
+        "archiver",
+        "startup",
+    ];
+    if let Some(role) = background.iter().find(|role| rest.starts_with(*role)) {
+        return PgRole::Background((*role).to_owned());
+    }
+    // `user database host(port) state`
+    let database = rest.split_whitespace().nth(1).unwrap_or_default();
+    PgRole::Backend(database.to_owned())
+}
+
+/// CPU seconds (user, system) of one process.
+pub fn process_cpu(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some((
+        ticks(11)? as f64 / TICKS_PER_SEC,
+        ticks(12)? as f64 / TICKS_PER_SEC,
+    ))
+}
+
+/// CPU seconds so far of every PostgreSQL process but `except`, by pid, with a role
+/// name: the background process's, `backends of <database>` for `database`, and
+/// `backends of other databases`.
+pub fn postgres_roles(except: &[u32], database: &str) -> BTreeMap<u32, (String, f64)> {
+    let mut roles = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return roles;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "postgres");
+        let Some((user, system)) = process_cpu(pid).filter(|_| is_postgres) else {
+            continue;
+        };
+        let role = match postgres_role(pid) {
+            PgRole::Background(role) => role,
+            PgRole::Backend(db) if db == database => format!("backends of {database}"),
+            PgRole::Backend(_) => "backends of other databases".to_owned(),
+        };
+        roles.insert(pid, (role, user + system));
+    }
+    roles
+}
+
+/// CPU seconds per role between two [`postgres_roles`] readings (a process that
+/// started in between counts all it used).
+pub fn roles_since(
+    now: &BTreeMap<u32, (String, f64)>,
+    then: &BTreeMap<u32, (String, f64)>,
+) -> BTreeMap<String, f64> {
+    let mut by_role = BTreeMap::new();
+    for (pid, (role, seconds)) in now {
+        let before = then.get(pid).map_or(0.0, |(_, s)| *s);
+        *by_role.entry(role.clone()).or_insert(0.0) += (seconds - before).max(0.0);
+    }
+    by_role
+}
+
 /// Reads `utime + stime` of every process.
 pub fn snapshot(ingest_pids: &[u32]) -> CpuSnapshot {
     let mut by_pid = BTreeMap::new();
+    let mut pg_roles = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return CpuSnapshot::default();
     };
@@ -139,9 +257,17 @@ pub fn snapshot(ingest_pids: &[u32]) -> CpuSnapshot {
                 .unwrap_or(0)
         };
         let seconds = (ticks(11) + ticks(12)) as f64 / TICKS_PER_SEC;
-        by_pid.insert(pid, (classify(pid, comm, ingest_pids), seconds));
+        let group = classify(pid, comm, ingest_pids);
+        if group == Group::Postgres {
+            let role = match postgres_role(pid) {
+                PgRole::Backend(_) => "backends".to_owned(),
+                PgRole::Background(role) => role,
+            };
+            pg_roles.insert(pid, role);
+        }
+        by_pid.insert(pid, (group, seconds));
     }
-    CpuSnapshot { by_pid }
+    CpuSnapshot { by_pid, pg_roles }
 }
 
 impl CpuSnapshot {
@@ -150,11 +276,19 @@ impl CpuSnapshot {
     /// ones that exited in between are lost (their last moments are not counted).
     pub fn since(&self, earlier: &CpuSnapshot, seconds: f64) -> CpuUse {
         let mut cores: BTreeMap<Group, f64> = Group::ALL.iter().map(|g| (*g, 0.0)).collect();
+        let mut postgres_roles: BTreeMap<String, f64> = BTreeMap::new();
         for (pid, (group, now)) in &self.by_pid {
             let then = earlier.by_pid.get(pid).map_or(0.0, |(_, t)| *t);
+            if let Some(role) = self.pg_roles.get(pid) {
+                *postgres_roles.entry(role.clone()).or_insert(0.0) +=
+                    (now - then).max(0.0) / seconds.max(1e-9);
+            }
             *cores.entry(*group).or_insert(0.0) += (now - then).max(0.0) / seconds.max(1e-9);
         }
-        CpuUse { cores }
+        CpuUse {
+            cores,
+            postgres_roles,
+        }
     }
 }
 

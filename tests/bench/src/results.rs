@@ -44,6 +44,69 @@ fn cpu_ms_per_report(cpu: &CpuUse, group: Group, per_sec: f64) -> f64 {
     }
 }
 
+/// Total CPU per accepted small report at the best point of the run committed before
+/// issue 13 (commit 4ad7275, `RESULTS.md` of 2026-11-28 19:38): ingest 0.24 ms +
+/// PostgreSQL 0.41 ms + RabbitMQ 0.12 ms.
+const SMALL_CPU_BEFORE_MS: f64 = 0.24 + 0.41 + 0.12;
+
+/// Best end-to-end rate for large reports in that same committed run (conc. 8 and 128).
+const LARGE_E2E_BEFORE: f64 = 35.0;
+
+/// The components a report costs CPU in: the service, its database and its broker (not
+/// the load generator, not other work on the machine).
+const SERVICE_GROUPS: [Group; 3] = [Group::Ingest, Group::Postgres, Group::RabbitMq];
+
+/// CPU milliseconds one accepted report cost ingest, PostgreSQL and RabbitMQ together.
+fn all_ms_per_report(cpu: &CpuUse, per_sec: f64) -> f64 {
+    SERVICE_GROUPS
+        .iter()
+        .map(|g| cpu_ms_per_report(cpu, *g, per_sec))
+        .sum()
+}
+
+/// PostgreSQL's CPU milliseconds per report by process role (roles above 0.01 ms).
+fn postgres_split(cpu: &CpuUse, per_sec: f64) -> String {
+    if per_sec <= 0.0 {
+        return "–".to_owned();
+    }
+    let parts: Vec<String> = cpu
+        .postgres_roles
+        .iter()
+        .map(|(role, cores)| (role, cores / per_sec * 1000.0))
+        .filter(|(_, ms)| *ms >= 0.01)
+        .map(|(role, ms)| format!("{role} {ms:.2} ms"))
+        .collect();
+    if parts.is_empty() {
+        "–".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `ingest + pg + mq = all` CPU milliseconds per accepted report.
+fn per_report(cpu: &CpuUse, per_sec: f64) -> String {
+    format!(
+        "{:.2} + {:.2} + {:.2} = {:.2}",
+        cpu_ms_per_report(cpu, Group::Ingest, per_sec),
+        cpu_ms_per_report(cpu, Group::Postgres, per_sec),
+        cpu_ms_per_report(cpu, Group::RabbitMq, per_sec),
+        all_ms_per_report(cpu, per_sec)
+    )
+}
+
+/// The rate this machine's cores could sustain at `ms` of CPU per report.
+fn ceiling(ms: f64) -> String {
+    if ms > 0.0 {
+        format!("{:.0}", machine_cores() * 1000.0 / ms)
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 fn best_postgres(size: &SizeResults) -> f64 {
     size.points
         .iter()
@@ -125,18 +188,19 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
         );
         let _ = writeln!(
             out,
-            "| conc. | e2e ok/s | p50 ms | p99 ms | statuses | floor/s | e2e ÷ floor | floor p99 ms | floor RSS MiB / ingest cores / client cores | PG tx/s | e2e ÷ PG | PG p99 ms | e2e ÷ min(PG, MQ) | peak RSS MiB | relay drain s | cores: ingest / pg / mq / client / other |"
+            "| conc. | e2e ok/s | p50 ms | p99 ms | statuses | floor/s | e2e ÷ floor | floor p99 ms | floor RSS MiB / ingest cores / client cores | PG tx/s | e2e ÷ PG | PG p99 ms | e2e ÷ min(PG, MQ) | peak RSS MiB | relay drain s | cores: ingest / pg / mq / client / other | CPU ms per report: ingest + pg + mq = all | ceiling/s |"
         );
         let _ = writeln!(
             out,
-            "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|"
         );
         for p in &size.points {
             let e2e = p.e2e.ok_per_sec();
             let pg = p.postgres.per_sec();
+            let all = all_ms_per_report(&p.e2e_cpu, e2e);
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {} | {:.1} | {} / {:.2} / {:.2} | {:.0} | {} | {:.1} | {} | {} | {:.1} | {} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {} | {:.1} | {} / {:.2} / {:.2} | {:.0} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} |",
                 p.concurrency,
                 e2e,
                 p.e2e.ms(0.5),
@@ -155,15 +219,24 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
                 mib(p.e2e_peak_rss),
                 p.drain.as_secs_f64(),
                 cores(&p.e2e_cpu),
+                per_report(&p.e2e_cpu, e2e),
+                ceiling(all),
             );
         }
+        let _ = writeln!(
+            out,
+            "\nCPU per report counts ingest, PostgreSQL and RabbitMQ (not the load generator, not `other`); \
+             ceiling = {:.0} cores ÷ that CPU, the rate this machine could reach if nothing else ran.",
+            machine_cores()
+        );
         let _ = writeln!(out);
         if let Some(rate) = &size.rate {
             let _ = writeln!(
                 out,
                 "Fixed rate at half the best end-to-end rate ({:.0}/s offered, {:.0}/s answered 200): \
                  p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms [{}], peak RSS {} MiB, \
-                 cores {} (latency from each request's due time, so queueing counts).\n",
+                 cores {}, CPU ms per report {} → ceiling {}/s (latency from each request's due time, \
+                 so queueing counts).\n",
                 rate.rate,
                 rate.outcome.ok_per_sec(),
                 rate.outcome.ms(0.5),
@@ -173,6 +246,8 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
                 rate.outcome.status_summary(),
                 mib(rate.peak_rss),
                 cores(&rate.cpu),
+                per_report(&rate.cpu, rate.outcome.ok_per_sec()),
+                ceiling(all_ms_per_report(&rate.cpu, rate.outcome.ok_per_sec())),
             );
         }
         if let Some(best) = best_point(size) {
@@ -180,17 +255,28 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
             let _ = writeln!(
                 out,
                 "CPU per accepted report at the best point (conc. {}): ingest {:.2} ms, PostgreSQL {:.2} ms, \
-                 RabbitMQ {:.2} ms, bench client {:.2} ms; the PostgreSQL limit run cost PostgreSQL {:.2} ms per \
-                 transaction. Best PostgreSQL limit for this size: {pg_best:.0} tx/s.\n",
+                 RabbitMQ {:.2} ms, all components {:.2} ms (ceiling {}/s), bench client {:.2} ms; the \
+                 PostgreSQL limit run cost PostgreSQL {:.2} ms per transaction. Best PostgreSQL limit for \
+                 this size: {pg_best:.0} tx/s.\n",
                 best.concurrency,
                 cpu_ms_per_report(&best.e2e_cpu, Group::Ingest, per),
                 cpu_ms_per_report(&best.e2e_cpu, Group::Postgres, per),
                 cpu_ms_per_report(&best.e2e_cpu, Group::RabbitMq, per),
+                all_ms_per_report(&best.e2e_cpu, per),
+                ceiling(all_ms_per_report(&best.e2e_cpu, per)),
                 cpu_ms_per_report(&best.e2e_cpu, Group::LoadGenerator, per),
                 cpu_ms_per_report(&best.postgres_cpu, Group::Postgres, best.postgres.per_sec()),
             );
+            let _ = writeln!(
+                out,
+                "PostgreSQL's CPU per report by process at that point: service {}; limit run {}.\n",
+                postgres_split(&best.e2e_cpu, per),
+                postgres_split(&best.postgres_cpu, best.postgres.per_sec()),
+            );
         }
     }
+
+    issue_13_targets(&mut out, results);
 
     let _ = writeln!(out, "## Targets of issue 6\n");
     let _ = writeln!(out, "| target | measured | verdict |\n|---|---|---|");
@@ -203,12 +289,6 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
             best_postgres(small),
             ratio(best, limit),
             verdict(limit > 0.0 && best / limit >= 0.8)
-        );
-        let _ = writeln!(
-            out,
-            "| small ≥ 2 × svix-server's 1,170/s | {best:.0}/s → {:.2} × | {} |",
-            best / 1170.0,
-            verdict(best >= 2340.0)
         );
         if let Some(rate) = &small.rate {
             let p99 = rate.outcome.ms(0.99);
@@ -274,4 +354,123 @@ pub fn render(results: &Results, perf: Option<&str>) -> String {
         );
     }
     out
+}
+
+/// The small, large and relay targets of issue 13, each with what this run measured.
+fn issue_13_targets(out: &mut String, results: &Results) {
+    let _ = writeln!(out, "## Targets of issue 13\n");
+    let _ = writeln!(
+        out,
+        "Before this work (the committed run of 2026-11-28 19:38, commit 4ad7275): small reports \
+         cost {SMALL_CPU_BEFORE_MS:.2} ms of CPU per accepted report over ingest, PostgreSQL and \
+         RabbitMQ at the best point; large reports reached {LARGE_E2E_BEFORE:.0}/s end to end.\n"
+    );
+    let _ = writeln!(out, "| target | measured | verdict |\n|---|---|---|");
+    if let Some(small) = results.sizes.iter().find(|r| r.size == Size::Small) {
+        let best = small.best_e2e();
+        let pg = best_postgres(small);
+        let _ = writeln!(
+            out,
+            "| small e2e ≥ 1.5 × the one-transaction-per-report PostgreSQL limit | {best:.0}/s vs {pg:.0} tx/s → {} × | {} |",
+            ratio(best, pg),
+            verdict(pg > 0.0 && best / pg >= 1.5)
+        );
+        if let Some(point) = best_point(small) {
+            let all = all_ms_per_report(&point.e2e_cpu, point.e2e.ok_per_sec());
+            let half = SMALL_CPU_BEFORE_MS / 2.0;
+            let _ = writeln!(
+                out,
+                "| small CPU per accepted report, all components, ≤ ½ × {SMALL_CPU_BEFORE_MS:.2} = {half:.3} ms | {all:.3} ms at conc. {} (ceiling {}/s) | {} |",
+                point.concurrency,
+                ceiling(all),
+                verdict(all > 0.0 && all <= half)
+            );
+            let _ = writeln!(
+                out,
+                "| small ≥ 2 × the peer (svix-server, 0.99–1.34 ms per request on this machine class) ⇔ ≤ 0.5 ms per report | {all:.3} ms | {} |",
+                verdict(all > 0.0 && all <= 0.5)
+            );
+        }
+        if let Some(rate) = &small.rate {
+            let p99 = rate.outcome.ms(0.99);
+            let _ = writeln!(
+                out,
+                "| small p99 ≤ 20 ms at half the best rate | {p99:.1} ms at {:.0}/s | {} |",
+                rate.rate,
+                verdict(p99 <= 20.0)
+            );
+        }
+    }
+    if let Some(large) = results.sizes.iter().find(|r| r.size == Size::Large) {
+        let best = large.best_e2e();
+        let goal = 3.0 * LARGE_E2E_BEFORE;
+        let _ = writeln!(
+            out,
+            "| large e2e ≥ 3 × {LARGE_E2E_BEFORE:.0}/s = {goal:.0}/s | {best:.0}/s → {} × | {} |",
+            ratio(best, LARGE_E2E_BEFORE),
+            verdict(best >= goal)
+        );
+        if let Some(point) = best_point(large) {
+            let per = point.e2e.ok_per_sec();
+            let ingest = cpu_ms_per_report(&point.e2e_cpu, Group::Ingest, per);
+            let _ = writeln!(
+                out,
+                "| large ingest CPU per report ≤ 8 ms | {ingest:.2} ms at conc. {} (all components {:.2} ms) | {} |",
+                point.concurrency,
+                all_ms_per_report(&point.e2e_cpu, per),
+                verdict(ingest > 0.0 && ingest <= 8.0)
+            );
+        }
+        if let Some(rate) = &large.rate {
+            let _ = writeln!(
+                out,
+                "| large peak RSS at the fixed-rate point ≤ 150 MiB | {} MiB at {:.0}/s | {} |",
+                mib(rate.peak_rss),
+                rate.rate,
+                verdict(rate.peak_rss.is_some_and(|rss| rss <= 150.0))
+            );
+        }
+    }
+    if let Some(memory) = &results.memory
+        && let (Some(idle), Some(peak), Some(settled)) =
+            (memory.idle_rss, memory.peak_rss, memory.settled_rss)
+    {
+        let returned = if peak > idle {
+            (peak - settled) / (peak - idle)
+        } else {
+            1.0
+        };
+        let _ = writeln!(
+            out,
+            "| memory given back after a burst: 2 s after the {} × 50 MiB uploads, ≥ 90 % of the growth returned | idle {idle:.0} → peak {peak:.0} → {settled:.0} MiB: {:.0} % returned | {} |",
+            crate::memory::UPLOADS,
+            returned * 100.0,
+            verdict(returned >= 0.9)
+        );
+    }
+    if let Some(retained) = results.retained_rss {
+        let _ = writeln!(
+            out,
+            "| memory given back after the matrix: the long-running service's RSS once idle ≤ 150 MiB | {retained:.0} MiB | {} |",
+            verdict(retained <= 150.0)
+        );
+    }
+    if !results.relay.is_empty() {
+        let mut ratios: Vec<f64> = results.relay.iter().map(|r| r.ratio()).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+        let rounds = results
+            .relay
+            .iter()
+            .map(|r| format!("{:.0} / {:.0}", r.relay, r.rabbitmq))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            "| relay ≥ 0.8 × publish-with-confirms (median of {} rounds, relay / broker msg/s: {rounds}) | {median:.2} × | {} |",
+            ratios.len(),
+            verdict(median >= 0.8)
+        );
+    }
+    let _ = writeln!(out);
 }
