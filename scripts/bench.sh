@@ -11,6 +11,11 @@
 #   scripts/bench.sh --relay            the relay draining a full outbox against plain
 #                                       publish-with-confirms, alternating rounds; prints the
 #                                       ratio (any `relay` flag can follow, e.g. --rounds 5)
+#   scripts/bench.sh --operator         the operator at scale on the test control plane
+#                                       (scripts/cluster.sh): 1,000 IngestionEndpoints applied
+#                                       at once against the API server alone; writes
+#                                       tests/bench/OPERATOR.md (any `operator` flag can
+#                                       follow, e.g. --endpoints 250 --idle 60)
 #
 # The load generator runs on the same machine as the services, as a CI runner next to
 # a small cluster would; its own CPU use is reported per point.
@@ -46,6 +51,24 @@ if [ "${1:-}" = "--attack" ]; then
     shift
     log "load average before the attack run: $(cut -d' ' -f1-3 /proc/loadavg)"
     exec "$bin/anchorpipe-bench" attack \
+        --ingest-bin "$bin/anchorpipe-ingest" \
+        --out-dir tests/bench \
+        "$@"
+fi
+
+if [ "${1:-}" = "--operator" ]; then
+    shift
+    log "test control plane"
+    scripts/cluster.sh up
+    eval "$(scripts/cluster.sh env)"
+    kubectl apply --server-side --force-conflicts --field-manager anchorpipe-bench \
+        -f crds/yaml/ingestionendpoint.yaml >/dev/null
+    kubectl wait --for=condition=Established --timeout=60s crd/ingestionendpoints.anchorpipe.dev >/dev/null
+    log "building the release operator"
+    cargo build --release --locked -p anchorpipe-operator
+    log "load average before the operator run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exec "$bin/anchorpipe-bench" operator \
+        --operator-bin "$bin/anchorpipe-operator" \
         --ingest-bin "$bin/anchorpipe-ingest" \
         --out-dir tests/bench \
         "$@"

@@ -185,6 +185,13 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// Longest part of a management API error reason kept in an error message.
 const MAX_REASON_CHARS: usize = 200;
 
+/// Management API requests in flight at once. Every reconcile makes a few, and the
+/// controller runs reconciles without bound: 50 endpoints applied together opened 50
+/// connections at once and RabbitMQ's listener refused some (`Connection refused`), so
+/// each of those endpoints failed once and waited 5 s for its retry. A few connections
+/// kept busy serve the same calls without a refusal.
+pub const MAX_IN_FLIGHT: usize = 8;
+
 /// RabbitMQ's management HTTP API.
 pub struct ManagementApi {
     /// `http://host:port[/prefix]`, without credentials.
@@ -192,6 +199,9 @@ pub struct ManagementApi {
     authorization: HeaderValue,
     timeout: Duration,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Bounds the requests in flight to [`MAX_IN_FLIGHT`]; waiting for a turn is not
+    /// part of a call's timeout (that bounds a hung broker, not a busy operator).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for ManagementApi {
@@ -268,12 +278,15 @@ impl ManagementApi {
         // `host_str` keeps the brackets of an IPv6 address.
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let base = format!("http://{host}{port}{}", url.path().trim_end_matches('/'));
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
+            .build_http();
         Ok(Self {
             base,
             authorization,
             timeout,
             client,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -320,6 +333,8 @@ impl ManagementApi {
                 .to_bytes();
             Ok::<_, BrokerUserError>((status, body))
         };
+        // The semaphore is never closed; a closed one would only mean no bound.
+        let _turn = self.in_flight.acquire().await.ok();
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| BrokerUserError::Timeout {

@@ -30,8 +30,11 @@ pub const TENANT_GROUP: &str = "anchorpipe_tenant";
 /// would silently become another name.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
-/// Connections the operator holds: it makes a few short transactions per reconcile.
-const POOL_MAX_CONNECTIONS: u32 = 2;
+/// Connections the operator holds: it makes a few short transactions per reconcile
+/// (claims, key usage, a login's role and grants). With 2, 250 endpoints applied at once
+/// queued behind each other: a reconcile took 5.2 s on average, mostly waiting for a
+/// connection. A handful lets the burst through without loading PostgreSQL.
+const POOL_MAX_CONNECTIONS: u32 = 8;
 
 /// A reconcile must not hang on an unreachable database; it fails and is retried.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

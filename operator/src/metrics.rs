@@ -55,6 +55,84 @@ pub struct BrokerLabels {
     pub outcome: BrokerOutcome,
 }
 
+/// The HTTP method of a Kubernetes API request (watches and lists are `Get`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ApiVerb {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Other,
+}
+
+impl ApiVerb {
+    pub fn of(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET => Self::Get,
+            http::Method::POST => Self::Post,
+            http::Method::PUT => Self::Put,
+            http::Method::PATCH => Self::Patch,
+            http::Method::DELETE => Self::Delete,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The resource a Kubernetes API request is about: the kinds the operator touches, and
+/// `Other` for anything else, so the label stays bounded whatever the path.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ApiResource {
+    IngestionEndpoint,
+    Secret,
+    ConfigMap,
+    Deployment,
+    Service,
+    Ingress,
+    PodDisruptionBudget,
+    Event,
+    Lease,
+    Other,
+}
+
+impl ApiResource {
+    /// Reads the resource from a request path: `/api/v1/namespaces/ns/secrets/name`,
+    /// `/apis/group/version/ingestionendpoints`, and so on.
+    pub fn of_path(path: &str) -> Self {
+        let mut segments = path.trim_start_matches('/').split('/');
+        // Skip `api/<version>` or `apis/<group>/<version>`.
+        let skip = match segments.next() {
+            Some("api") => 1,
+            Some("apis") => 2,
+            _ => return Self::Other,
+        };
+        let mut rest = segments.skip(skip);
+        let mut plural = rest.next();
+        if plural == Some("namespaces") {
+            // `namespaces/<ns>/<plural>`; a bare `namespaces[/<ns>]` is a Namespace.
+            plural = rest.nth(1);
+        }
+        match plural {
+            Some("ingestionendpoints") => Self::IngestionEndpoint,
+            Some("secrets") => Self::Secret,
+            Some("configmaps") => Self::ConfigMap,
+            Some("deployments") => Self::Deployment,
+            Some("services") => Self::Service,
+            Some("ingresses") => Self::Ingress,
+            Some("poddisruptionbudgets") => Self::PodDisruptionBudget,
+            Some("events") => Self::Event,
+            Some("leases") => Self::Lease,
+            _ => Self::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub verb: ApiVerb,
+    pub resource: ApiResource,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ReleaseReason {
     /// The cleanup deadline passed with the broker still failing.
@@ -81,6 +159,8 @@ pub struct Metrics {
     pub broker_operations: Family<BrokerLabels, Counter>,
     pub finalizers_released_without_cleanup: Family<ReleaseLabels, Counter>,
     pub leader: Gauge,
+    /// Requests sent to the Kubernetes API server, counted as they leave the client.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -138,6 +218,12 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server by method and resource (watches and lists are Get)",
+            api_requests.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -148,6 +234,7 @@ impl Default for Metrics {
             broker_operations,
             finalizers_released_without_cleanup,
             leader,
+            api_requests,
         }
     }
 }
@@ -163,6 +250,16 @@ impl Metrics {
     pub fn broker(&self, operation: BrokerOperation, outcome: BrokerOutcome) {
         self.broker_operations
             .get_or_create(&BrokerLabels { operation, outcome })
+            .inc();
+    }
+
+    /// Counts one request to the Kubernetes API server.
+    pub fn api_request(&self, method: &http::Method, path: &str) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: ApiVerb::of(method),
+                resource: ApiResource::of_path(path),
+            })
             .inc();
     }
 
@@ -191,5 +288,73 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("operation=\"Declare\""), "{text}");
+    }
+
+    #[test]
+    fn api_requests_are_counted_by_method_and_resource() {
+        let cases = [
+            ("/api/v1/namespaces/ns/secrets/a-hmac", ApiResource::Secret),
+            ("/api/v1/secrets", ApiResource::Secret),
+            ("/api/v1/namespaces/ns/configmaps", ApiResource::ConfigMap),
+            (
+                "/api/v1/namespaces/ns/services/a-ingest",
+                ApiResource::Service,
+            ),
+            (
+                "/apis/apps/v1/namespaces/ns/deployments/a-ingest",
+                ApiResource::Deployment,
+            ),
+            (
+                "/apis/anchorpipe.dev/v1alpha1/namespaces/ns/ingestionendpoints/a/status",
+                ApiResource::IngestionEndpoint,
+            ),
+            (
+                "/apis/anchorpipe.dev/v1alpha1/ingestionendpoints",
+                ApiResource::IngestionEndpoint,
+            ),
+            (
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                ApiResource::Event,
+            ),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/default/leases/op",
+                ApiResource::Lease,
+            ),
+            (
+                "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+                ApiResource::PodDisruptionBudget,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/namespaces/ns/ingresses/x",
+                ApiResource::Ingress,
+            ),
+            ("/api/v1/namespaces/ns", ApiResource::Other),
+            ("/api/v1/namespaces", ApiResource::Other),
+            ("/version", ApiResource::Other),
+            ("", ApiResource::Other),
+        ];
+        for (path, want) in cases {
+            assert_eq!(ApiResource::of_path(path), want, "{path}");
+        }
+        let m = Metrics::default();
+        m.api_request(&http::Method::PATCH, "/api/v1/namespaces/ns/secrets/a");
+        m.api_request(&http::Method::PATCH, "/api/v1/namespaces/ns/secrets/b");
+        m.api_request(
+            &http::Method::GET,
+            "/apis/coordination.k8s.io/v1/namespaces/d/leases/l",
+        );
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains(
+                "anchorpipe_operator_api_requests_total{verb=\"Patch\",resource=\"Secret\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "anchorpipe_operator_api_requests_total{verb=\"Get\",resource=\"Lease\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

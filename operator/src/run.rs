@@ -46,9 +46,25 @@ pub struct RunConfig {
     pub resync: Duration,
 }
 
+/// A client that counts every request it sends in `metrics` (by method and resource),
+/// so the operator's load on the API server can be read from its own /metrics.
+pub async fn counting_client(metrics: Arc<Metrics>) -> Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            metrics.api_request(request.method(), request.uri().path());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
 pub async fn run(config: RunConfig) -> Result<()> {
-    let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
+    let client = counting_client(metrics.clone()).await?;
     let state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: Default::default(),

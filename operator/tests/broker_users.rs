@@ -845,3 +845,39 @@ async fn ensure_user_with_a_new_vhost_removes_every_permission_in_the_old_one() 
     })
     .await;
 }
+
+/// As many users minted at once as a burst of new endpoints asks for: each succeeds the
+/// first time (the API bounds its own connections instead of having the broker refuse
+/// some), and all of them go again.
+#[tokio::test]
+async fn a_burst_of_users_minted_at_once_all_succeed() {
+    const USERS: usize = 200;
+    let api = api();
+    let prefix = format!("anchorpipe-burst-{:08x}-", rand::random::<u32>());
+    let grant = TenantGrant {
+        vhost: vhost_of(&admin_amqp_url()).unwrap(),
+        exchange: "anchorpipe.reports".to_owned(),
+        routing_key: format!("{prefix}key"),
+    };
+    let users: Vec<String> = (0..USERS).map(|i| format!("{prefix}{i:04}")).collect();
+    let results = futures_util::future::join_all(
+        users
+            .iter()
+            .map(|user| api.ensure_user(user, "pw-burst-0123456789abcdef", &grant)),
+    )
+    .await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    let listed = api.users_with_prefix(&prefix).await.unwrap();
+    futures_util::future::join_all(users.iter().map(|user| api.delete_user(user))).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {USERS} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(listed.len(), USERS);
+    assert!(api.users_with_prefix(&prefix).await.unwrap().is_empty());
+}

@@ -91,11 +91,13 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
     let (config_text, config_hash) = builders::config_json(&config)?;
     let client = &ctx.client;
     apply_object(
+        ctx,
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         &builders::config_map(endpoint, &tenant, &config_text)?,
     )
     .await?;
     let deployment = apply_object(
+        ctx,
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
         &builders::deployment(
             endpoint,
@@ -111,6 +113,7 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
     )
     .await?;
     apply_object(
+        ctx,
         &Api::<Service>::namespaced(client.clone(), &namespace),
         &builders::service(endpoint, &tenant)?,
     )
@@ -119,14 +122,14 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
     let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
     match builders::ingress(endpoint, &tenant)? {
         Some(ingress) => {
-            apply_object(&ingresses, &ingress).await?;
+            apply_object(ctx, &ingresses, &ingress).await?;
         }
         None => remove_if_owned(&ingresses, &workload, endpoint).await?,
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
     match builders::pod_disruption_budget(endpoint, &tenant)? {
         Some(pdb) => {
-            apply_object(&pdbs, &pdb).await?;
+            apply_object(ctx, &pdbs, &pdb).await?;
         }
         None => remove_if_owned(&pdbs, &workload, endpoint).await?,
     }

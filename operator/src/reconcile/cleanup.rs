@@ -40,6 +40,7 @@ pub(super) async fn cleanup(endpoint: &IngestionEndpoint, ctx: &Context) -> Resu
 
     match ctx.accounts.release(&tenant, &who).await {
         Ok(()) => {
+            ctx.forget_applied(endpoint);
             info!(%tenant, "revoked the tenant's credentials and released its claims");
             ctx.event(
                 &regarding,

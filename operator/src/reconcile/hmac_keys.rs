@@ -62,7 +62,7 @@ pub(super) async fn minted_keys(
         now,
         keys::mint_random,
     )?;
-    apply_object(&api, &builders::key_secret(endpoint, tenant, &plan)?).await?;
+    apply_object(ctx, &api, &builders::key_secret(endpoint, tenant, &plan)?).await?;
 
     let regarding = endpoint.object_ref(&());
     if let Some((id, reason)) = &plan.minted {

@@ -107,6 +107,18 @@ pub struct Context {
     pub resync: Duration,
     /// When each object's current streak of transient failures began.
     failing_since: Mutex<HashMap<String, Timestamp>>,
+    /// What each owned object was last applied with and looked like right after, so a
+    /// reconcile that would apply the same again reads it instead (see [`apply_object`]).
+    applied: Mutex<HashMap<String, Applied>>,
+}
+
+/// One owned object as the operator last applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Applied {
+    /// Hash of the object the operator applied.
+    desired: u64,
+    /// [`observed`] of the object the API server answered with.
+    seen: u64,
 }
 
 impl Context {
@@ -136,7 +148,22 @@ impl Context {
             cleanup_timeout,
             resync,
             failing_since: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Applied>> {
+        match self.applied.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Forgets what was applied for `endpoint` (its objects are deleted with it), so the
+    /// record holds live endpoints only.
+    fn forget_applied(&self, endpoint: &IngestionEndpoint) {
+        let owner = format!("{}/", object_key(endpoint));
+        self.applied().retain(|key, _| !key.starts_with(&owner));
     }
 
     /// Publishes an Event; a failure to do so is logged, never fatal.
@@ -314,23 +341,84 @@ async fn malformed(
     Err(Error::Malformed(invalid.error.clone()))
 }
 
+/// What about a live object tells that someone changed it: its generation (a spec
+/// change) where it has one, else its resource version (any change), and its labels and
+/// annotations. A Deployment's status updates change neither, so a rollout's progress
+/// does not count as drift.
+fn observed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match meta.generation {
+        Some(generation) => generation.hash(&mut hasher),
+        None => meta.resource_version.hash(&mut hasher),
+    }
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn desired_hash<K: Serialize>(obj: &K) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = serde_json::to_vec(obj).map_err(|e| Error::Serialize {
+        what: "an owned object",
+        message: e.to_string(),
+    })?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Ok(hasher.finish())
+}
+
 /// Server-side applies `obj` under the operator's field manager and returns the result.
-async fn apply_object<K>(api: &Api<K>, obj: &K) -> Result<K>
+///
+/// Unless nothing would change: when this process last applied exactly `obj` and the
+/// live object is as that apply left it (see [`observed`]), the live object is returned
+/// after a read and nothing is written. Every reconcile used to write each owned object
+/// again, so a rollout's status updates (each one a reconcile) cost five writes per
+/// endpoint, and a thousand idle endpoints kept writing. Someone else's change to the
+/// object, its deletion, or a new desired state still leads to an apply.
+async fn apply_object<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<K>
 where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
-    let name = obj
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
-    Ok(api
+    let meta = obj.meta();
+    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    let owner = meta
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map(|r| r.name.as_str())
+        .unwrap_or_default();
+    // Keyed under the owning endpoint, so `forget_applied` finds them.
+    let key = format!(
+        "{}/{owner}/{}/{name}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        K::kind(&())
+    );
+    let desired = desired_hash(obj)?;
+    let last = ctx.applied().get(&key).copied();
+    if let Some(last) = last
+        && last.desired == desired
+        && let Some(live) = api.get_opt(&name).await?
+        && observed(live.meta()) == last.seen
+    {
+        debug!(kind = %K::kind(&()), %name, "unchanged; not applied again");
+        return Ok(live);
+    }
+    let live = api
         .patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(obj),
         )
-        .await?)
+        .await?;
+    ctx.applied().insert(
+        key,
+        Applied {
+            desired,
+            seen: observed(live.meta()),
+        },
+    );
+    Ok(live)
 }
 
 /// Deletes an object the spec no longer asks for, if this endpoint owns it.

@@ -51,6 +51,7 @@ pub(super) async fn tenant_credentials(
     })?;
     let urls = ctx.accounts.urls(&plan.current)?;
     apply_object(
+        ctx,
         &api,
         &builders::credentials_secret(endpoint, tenant, &plan, &urls)?,
     )
@@ -131,6 +132,7 @@ pub(super) async fn retire_credentials(
     let urls = ctx.accounts.urls(&creds.plan.current)?;
     let namespace = endpoint.namespace().unwrap_or_default();
     apply_object(
+        ctx,
         &Api::<Secret>::namespaced(ctx.client.clone(), &namespace),
         &builders::credentials_secret(endpoint, tenant, &creds.plan, &urls)?,
     )

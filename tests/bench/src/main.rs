@@ -10,6 +10,8 @@
 //!   alternating, in one run.
 //! - `pgcost`: what storing one report costs PostgreSQL, path by path (CPU of the
 //!   backend and of the other PostgreSQL processes, WAL, wall time).
+//! - `operator`: many `IngestionEndpoint`s applied at once to the test control plane,
+//!   the operator's time to Ready against the API server alone; writes `OPERATOR.md`.
 
 mod attack;
 mod chart;
@@ -17,6 +19,7 @@ mod limits;
 mod load;
 mod matrix;
 mod memory;
+mod operator;
 mod parser;
 mod pgcost;
 mod procstat;
@@ -58,6 +61,9 @@ enum Command {
     Relay(RelayArgs),
     /// What storing one report costs PostgreSQL, path by path.
     Pgcost(PgcostArgs),
+    /// Endpoints applied at once: the operator's time to Ready against the API server
+    /// alone, its peak RSS, its API requests converging and idle; writes OPERATOR.md.
+    Operator(OperatorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +78,47 @@ struct PgcostArgs {
     /// Reports per transaction of the batched path.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// The release `anchorpipe-operator` binary to measure.
+    #[arg(long)]
+    operator_bin: PathBuf,
+    /// The `anchorpipe-ingest` binary (it migrates the run's platform database).
+    #[arg(long)]
+    ingest_bin: PathBuf,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    rabbitmq_management_url: String,
+    /// IngestionEndpoints applied at once.
+    #[arg(long, default_value_t = 1000)]
+    endpoints: usize,
+    /// Namespaces they are spread over (the operator watches only these).
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Requests in flight at once when applying and in the API-server-alone baseline;
+    /// 0: one per endpoint, as the operator's controller (unbounded concurrency).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Seconds of idle after convergence in which the operator's writes are counted.
+    #[arg(long, default_value_t = 60.0)]
+    idle: f64,
+    /// Seconds to wait for every endpoint to be Ready.
+    #[arg(long, default_value_t = 1800.0)]
+    ready_timeout: f64,
+    /// Seconds to wait for every endpoint to be gone after deleting them.
+    #[arg(long, default_value_t = 900.0)]
+    cleanup_timeout: f64,
+    /// Scratch directory (the operator's log).
+    #[arg(long, default_value = "/tmp/anchorpipe-bench-operator")]
+    work_dir: PathBuf,
+    /// Where OPERATOR.md goes; without it, nothing is written.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +265,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Command::Operator(args) => operator_at_scale(args).await,
             Command::Parser => Ok(()),
         }
     })
@@ -291,6 +339,64 @@ async fn relay_pace(args: RelayArgs) -> anyhow::Result<()> {
     };
     relay::run(settings).await?;
     Ok(())
+}
+
+async fn operator_at_scale(args: OperatorArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.idle >= 0.0, "--idle must not be negative");
+    let settings = operator::Settings {
+        operator_bin: args.operator_bin,
+        ingest_bin: args.ingest_bin,
+        database_url: args.database_url,
+        amqp_url: args.amqp_url,
+        management_url: args.rabbitmq_management_url,
+        endpoints: args.endpoints,
+        namespaces: args.namespaces,
+        concurrency: args.concurrency,
+        idle: Duration::from_secs_f64(args.idle),
+        ready_timeout: Duration::from_secs_f64(args.ready_timeout),
+        cleanup_timeout: Duration::from_secs_f64(args.cleanup_timeout),
+        work_dir: args.work_dir,
+    };
+    let figures = operator::run(settings).await?;
+    println!("verdicts:");
+    for verdict in figures.verdicts() {
+        println!("  {verdict}");
+    }
+    if let Some(dir) = args.out_dir {
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let machine = machine();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("OPERATOR.md");
+        std::fs::write(&path, operator::render(&figures, &commit, &machine))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// CPU model, core count and memory, from `/proc`.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {mem_gib:.1} GiB")
 }
 
 async fn one_load(args: LoadArgs) -> anyhow::Result<()> {
