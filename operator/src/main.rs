@@ -49,13 +49,8 @@ enum Command {
 struct SmokeTestArgs {
     #[command(flatten)]
     smoke: anchorpipe_operator::smoke::SmokeArgs,
-    #[arg(
-        long,
-        env = "ANCHORPIPE_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +73,13 @@ struct ReleaseArgs {
     /// Seconds to wait for the operator to release or lose its Lease.
     #[arg(long, default_value_t = 120)]
     wait_timeout_seconds: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// How the process logs: the same flag for every subcommand that runs for a while.
+#[derive(clap::Args)]
+struct LogArgs {
     #[arg(
         long,
         env = "ANCHORPIPE_LOG_FORMAT",
@@ -171,13 +173,8 @@ struct RunArgs {
     /// Seconds between re-checks of a healthy endpoint.
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
-    #[arg(
-        long,
-        env = "ANCHORPIPE_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn trusted_proxy(text: &str) -> Result<String, String> {
@@ -224,7 +221,7 @@ fn main() -> ExitCode {
             }
         },
         Command::ReleaseFinalizers(args) => {
-            init_tracing(args.log_format);
+            init_tracing(args.log.log_format);
             let config = ReleaseConfig {
                 namespaces: args.namespaces,
                 operator: args.operator_deployment.map(|deployment| OperatorRef {
@@ -247,11 +244,11 @@ fn main() -> ExitCode {
             })
         }
         Command::SmokeTest(args) => {
-            init_tracing(args.log_format);
+            init_tracing(args.log.log_format);
             anchorpipe_operator::smoke::main(&args.smoke)
         }
         Command::Run(args) => {
-            init_tracing(args.log_format);
+            init_tracing(args.log.log_format);
             let config = RunConfig {
                 settings: Settings {
                     ingest_image: args.ingest_image,
