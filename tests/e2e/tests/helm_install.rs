@@ -205,6 +205,20 @@ async fn helm(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `helm <args>`, which must succeed; a failure names the test node's errors and shows
+/// the release's pod logs. Returns helm's output.
+async fn helm_must(node: &Node, system: &str, args: &[&str]) -> String {
+    let (ok, out) = helm(args).await;
+    assert!(
+        ok,
+        "helm {}: {out}\nkubelet errors: {:?}{}",
+        args.first().copied().unwrap_or_default(),
+        node.errors(),
+        pod_logs(system)
+    );
+    out
+}
+
 /// Runs a statement against the server of `DATABASE_URL` as its owner.
 async fn admin_sql(statement: &str) {
     let base = required_env("DATABASE_URL");
@@ -490,27 +504,25 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     // Install: the pre-install hooks (platform Secret, migration Job) and then the
     // operator, waited for until its Deployment is available.
     let install_started = Instant::now();
-    let (ok, out) = helm(&[
-        "install",
-        &release,
-        &chart_path,
-        "--namespace",
+    helm_must(
+        &node,
         &system,
-        "--values",
-        &values_path,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
+        &[
+            "install",
+            &release,
+            &chart_path,
+            "--namespace",
+            &system,
+            "--values",
+            &values_path,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
     .await;
     let _ = std::fs::remove_file(&values_file);
     let installed = install_started.elapsed();
-    assert!(
-        ok,
-        "helm install: {out}\nkubelet errors: {:?}{}",
-        node.errors(),
-        pod_logs(&system)
-    );
     record_timing("helm_install: install --wait", installed);
 
     // The migration Job ran to completion against the platform database (the hook is
@@ -802,28 +814,26 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     let sender = Sender::start(shop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let upgrade_started = Instant::now();
-    let (ok, out) = helm(&[
-        "upgrade",
-        &release,
-        &chart_path,
-        "--namespace",
+    helm_must(
+        &node,
         &system,
-        "--reuse-values",
-        "--set",
-        &format!("operator.image.tag={new_tag}"),
-        "--set",
-        &format!("ingest.image.tag={new_tag}"),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
+        &[
+            "upgrade",
+            &release,
+            &chart_path,
+            "--namespace",
+            &system,
+            "--reuse-values",
+            "--set",
+            &format!("operator.image.tag={new_tag}"),
+            "--set",
+            &format!("ingest.image.tag={new_tag}"),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
     .await;
-    assert!(
-        ok,
-        "helm upgrade: {out}\nkubelet errors: {:?}{}",
-        node.errors(),
-        pod_logs(&system)
-    );
     for tenant in &apart {
         rolled_out(
             &client,
@@ -903,21 +913,19 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     // `helm test` on the upgraded release: the chart's smoke test makes an endpoint of
     // its own, sends it a signed report, and removes it again.
     let tested = Instant::now();
-    let (ok, out) = helm(&[
-        "test",
-        &release,
-        "--namespace",
+    let out = helm_must(
+        &node,
         &system,
-        "--timeout",
-        "300s",
-    ])
+        &[
+            "test",
+            &release,
+            "--namespace",
+            &system,
+            "--timeout",
+            "300s",
+        ],
+    )
     .await;
-    assert!(
-        ok,
-        "helm test: {out}\nkubelet errors: {:?}{}",
-        node.errors(),
-        pod_logs(&system)
-    );
     // (`helm test --logs` reads logs through the kubelet's API, which this node does not
     // serve; its pods' output is in files.)
     let smoke_log = std::fs::read_dir(log_dir())
@@ -963,22 +971,20 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     // Uninstall: the pre-delete hook stops the operator and releases the Lease; then
     // the release's objects go.
     let uninstall_started = Instant::now();
-    let (ok, out) = helm(&[
-        "uninstall",
-        &release,
-        "--namespace",
+    helm_must(
+        &node,
         &system,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            &system,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
     .await;
-    assert!(
-        ok,
-        "helm uninstall: {out}\nkubelet errors: {:?}{}",
-        node.errors(),
-        pod_logs(&system)
-    );
     record_timing(
         "helm_install: uninstall --wait",
         uninstall_started.elapsed(),
