@@ -82,6 +82,10 @@ pub async fn tls_secret(client: &Client, namespace: &str, name: &str, host: &str
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Status(u16, String),
+    /// A status line came, then the connection broke before the whole answer (curl's
+    /// error): what a client sees of an early refusal when the pod closes the
+    /// connection on a body it did not read.
+    Truncated(u16, String),
     NoAnswer(String),
 }
 
@@ -117,8 +121,10 @@ pub async fn post(host: &str, ca: &Path, repo: &str, secret: &str, body: &str) -
     let _ = std::fs::remove_file(&file);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (text, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+    let error = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     match code.trim().parse::<u16>() {
         Ok(code) if code > 0 && out.status.success() => Answer::Status(code, text.to_owned()),
-        _ => Answer::NoAnswer(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Ok(code) if code > 0 => Answer::Truncated(code, error),
+        _ => Answer::NoAnswer(error),
     }
 }

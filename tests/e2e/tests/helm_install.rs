@@ -799,8 +799,13 @@ async fn helm_install_runs_the_release_under_its_own_rbac_and_uninstalls_cleanly
     );
     let too_big = report_of_size(&shop.repo, "too-large", MAX_BODY_BYTES + 1);
     let answer = ingress::post(&shop.host, &shop.ca, &shop.repo, &shop.secret, &too_big).await;
+    // The pod refuses it from its Content-Length, without reading the body, and closes
+    // the connection: through the ingress the 413 may arrive cut short.
     assert!(
-        matches!(&answer, ingress::Answer::Status(413, _)),
+        matches!(
+            &answer,
+            ingress::Answer::Status(413, _) | ingress::Answer::Truncated(413, _)
+        ),
         "a {}-byte report: {answer:?}",
         MAX_BODY_BYTES + 1
     );
