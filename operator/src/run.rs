@@ -161,6 +161,14 @@ where
     }
 }
 
+/// [`Context::is_own_write`] for objects of kind `K`, for [`watch::owned`].
+fn own_write<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Arc<Context>,
+) -> impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool + Send + 'static {
+    let ctx = ctx.clone();
+    move |meta| ctx.is_own_write::<K>(meta)
+}
+
 /// Runs the controller over `namespace` (all when `None`) until it shuts down.
 async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
     let ns = namespace.as_deref();
@@ -177,14 +185,17 @@ async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context>
     .owns_stream(watch::owned(
         scoped::<PartialObjectMeta<Deployment>>(&client, ns),
         owned.clone(),
+        own_write::<Deployment>(&ctx),
     ))
     .owns_stream(watch::owned(
         scoped::<PartialObjectMeta<Secret>>(&client, ns),
         owned.clone(),
+        own_write::<Secret>(&ctx),
     ))
     .owns_stream(watch::owned(
         scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
         owned,
+        own_write::<ConfigMap>(&ctx),
     ))
     .shutdown_on_signal()
     .run(reconcile, error_policy, ctx)

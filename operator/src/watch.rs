@@ -16,10 +16,11 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, future};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{WatchStreamExt, reflector};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, reflector};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -76,7 +77,20 @@ fn without_errors<K>(
     }
 }
 
-/// The controller's own watch: every applied object of `api`, cached in `writer`.
+/// What of an endpoint asks for work: its spec (through `metadata.generation`, which
+/// also moves when deletion starts), its annotations (rotation requests, cleanup
+/// overrides), labels and finalizers. Its status does not: the operator writes it, and
+/// each of those writes used to come back as a trigger for one more reconcile.
+pub fn wants_reconcile<K: Resource>(obj: &K) -> Option<u64> {
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(predicates::labels)
+        .combine(predicates::finalizers)
+        .hash_property(obj)
+}
+
+/// The controller's own watch: every applied object of `api`, cached in `writer`; only
+/// changes that [`wants_reconcile`] sees are passed on (the cache holds every change).
 pub fn primary<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -90,15 +104,19 @@ where
         .backoff(WatchBackoff::default())
         .reflect(writer)
         .applied_objects()
+        .predicate_filter(wants_reconcile, PredicateConfig::default())
         .filter_map(without_errors(
             K::kind(&K::DynamicType::default()).into_owned(),
         ))
 }
 
 /// A watch of owned objects, metadata only (their owner references are all it needs).
+/// Objects for which `own_write` holds (the echo of the operator's own write) are
+/// dropped: they ask for nothing the write's reconcile did not already do.
 pub fn owned<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
+    own_write: impl Fn(&ObjectMeta) -> bool + Send + 'static,
 ) -> impl Stream<Item = watcher::Result<PartialObjectMeta<K>>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -107,11 +125,50 @@ where
         .backoff(WatchBackoff::default())
         .touched_objects()
         .filter_map(without_errors(K::kind(&()).into_owned()))
+        .filter(move |object| future::ready(!matches!(object, Ok(o) if own_write(&o.metadata))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anchorpipe_crds::v1alpha1::IngestionEndpoint;
+
+    fn endpoint() -> IngestionEndpoint {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "anchorpipe.dev/v1alpha1",
+            "kind": "IngestionEndpoint",
+            "metadata": {"name": "a", "namespace": "t", "generation": 1, "resourceVersion": "10"},
+            "spec": {"repositories": ["r"]},
+        }))
+        .expect("a valid endpoint")
+    }
+
+    #[test]
+    fn status_writes_do_not_trigger_but_spec_and_metadata_changes_do() {
+        let before = endpoint();
+        let hash = |e: &IngestionEndpoint| wants_reconcile(e);
+
+        let mut status_only = before.clone();
+        status_only.metadata.resource_version = Some("11".into());
+        status_only.status = Some(Default::default());
+        assert_eq!(hash(&status_only), hash(&before));
+
+        let mut spec = before.clone();
+        spec.metadata.generation = Some(2);
+        assert_ne!(hash(&spec), hash(&before));
+
+        let mut annotated = before.clone();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("anchorpipe.dev/rotate".into(), "now".into());
+        assert_ne!(hash(&annotated), hash(&before));
+
+        let mut finalized = before.clone();
+        finalized.metadata.finalizers = Some(vec!["anchorpipe.dev/cleanup".into()]);
+        assert_ne!(hash(&finalized), hash(&before));
+    }
 
     #[test]
     fn backoff_doubles_to_a_bounded_maximum_and_resets() {

@@ -124,14 +124,14 @@ pub(super) async fn apply(endpoint: &IngestionEndpoint, ctx: &Context) -> Result
         Some(ingress) => {
             apply_object(ctx, &ingresses, &ingress).await?;
         }
-        None => remove_if_owned(&ingresses, &workload, endpoint).await?,
+        None => remove_if_owned(ctx, &ingresses, &workload, endpoint).await?,
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
     match builders::pod_disruption_budget(endpoint, &tenant)? {
         Some(pdb) => {
             apply_object(ctx, &pdbs, &pdb).await?;
         }
-        None => remove_if_owned(&pdbs, &workload, endpoint).await?,
+        None => remove_if_owned(ctx, &pdbs, &workload, endpoint).await?,
     }
 
     retire_credentials(endpoint, &tenant, &mut creds, &deployment, ctx).await?;

@@ -62,7 +62,13 @@ pub(super) async fn minted_keys(
         now,
         keys::mint_random,
     )?;
-    apply_object(ctx, &api, &builders::key_secret(endpoint, tenant, &plan)?).await?;
+    apply_object_over(
+        ctx,
+        &api,
+        &builders::key_secret(endpoint, tenant, &plan)?,
+        Some(existing.as_ref()),
+    )
+    .await?;
 
     let regarding = endpoint.object_ref(&());
     if let Some((id, reason)) = &plan.minted {

@@ -31,7 +31,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -108,17 +108,30 @@ pub struct Context {
     /// When each object's current streak of transient failures began.
     failing_since: Mutex<HashMap<String, Timestamp>>,
     /// What each owned object was last applied with and looked like right after, so a
-    /// reconcile that would apply the same again reads it instead (see [`apply_object`]).
-    applied: Mutex<HashMap<String, Applied>>,
+    /// reconcile that would apply the same again reads it instead (see [`apply_object`]),
+    /// or that it was found absent (see [`remove_if_owned`]).
+    applied: Mutex<HashMap<String, Known>>,
+}
+
+/// What the operator knows of one owned object from its own last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    Applied(Applied),
+    /// Not there, and not asked for: the operator creates it only through
+    /// [`apply_object`], which replaces this.
+    Absent,
 }
 
 /// One owned object as the operator last applied it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Applied {
     /// Hash of the object the operator applied.
     desired: u64,
     /// [`observed`] of the object the API server answered with.
     seen: u64,
+    /// The resource version of that answer: a watch event carrying it is the echo of
+    /// the operator's own write (see [`Context::is_own_write`]).
+    resource_version: Option<String>,
 }
 
 impl Context {
@@ -152,7 +165,21 @@ impl Context {
         }
     }
 
-    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Applied>> {
+    /// Whether `meta` is an owned object exactly as the operator's last apply left it:
+    /// the watch event of its own write, which asks for nothing. Every reconcile that
+    /// wrote an object used to be followed by one more, woken by that echo.
+    pub fn is_own_write<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta) -> bool {
+        let Some(key) = applied_key::<K>(meta) else {
+            return false;
+        };
+        matches!(
+            self.applied().get(&key),
+            Some(Known::Applied(last))
+                if meta.resource_version.is_some() && last.resource_version == meta.resource_version
+        )
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         match self.applied.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -345,7 +372,7 @@ async fn malformed(
 /// change) where it has one, else its resource version (any change), and its labels and
 /// annotations. A Deployment's status updates change neither, so a rollout's progress
 /// does not count as drift.
-fn observed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+fn observed(meta: &ObjectMeta) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match meta.generation {
@@ -380,29 +407,39 @@ async fn apply_object<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
+    apply_object_over(ctx, api, obj, None).await
+}
+
+/// [`apply_object`] when the caller has just read the live object (`Some(None)`: it is
+/// absent), so it is not read twice.
+async fn apply_object_over<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    live: Option<Option<&K>>,
+) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
     let meta = obj.meta();
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
-    let owner = meta
-        .owner_references
-        .as_ref()
-        .and_then(|refs| refs.first())
-        .map(|r| r.name.as_str())
-        .unwrap_or_default();
-    // Keyed under the owning endpoint, so `forget_applied` finds them.
-    let key = format!(
-        "{}/{owner}/{}/{name}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        K::kind(&())
-    );
+    let key = applied_key::<K>(meta).ok_or(Error::MissingMetadata("ownerReferences"))?;
     let desired = desired_hash(obj)?;
-    let last = ctx.applied().get(&key).copied();
-    if let Some(last) = last
-        && last.desired == desired
-        && let Some(live) = api.get_opt(&name).await?
-        && observed(live.meta()) == last.seen
-    {
-        debug!(kind = %K::kind(&()), %name, "unchanged; not applied again");
-        return Ok(live);
+    let last = match ctx.applied().get(&key) {
+        Some(Known::Applied(last)) if last.desired == desired => Some(last.seen),
+        _ => None,
+    };
+    if let Some(seen) = last {
+        let live = match live {
+            Some(live) => live.cloned(),
+            None => api.get_opt(&name).await?,
+        };
+        if let Some(live) = live
+            && observed(live.meta()) == seen
+        {
+            debug!(kind = %K::kind(&()), %name, "unchanged; not applied again");
+            return Ok(live);
+        }
     }
     let live = api
         .patch(
@@ -413,19 +450,49 @@ where
         .await?;
     ctx.applied().insert(
         key,
-        Applied {
+        Known::Applied(Applied {
             desired,
             seen: observed(live.meta()),
-        },
+            resource_version: live.meta().resource_version.clone(),
+        }),
     );
     Ok(live)
 }
 
-/// Deletes an object the spec no longer asks for, if this endpoint owns it.
-async fn remove_if_owned<K>(api: &Api<K>, name: &str, endpoint: &IngestionEndpoint) -> Result<()>
+/// The key of an owned object in [`Context::applied`]: under its owning endpoint, so
+/// [`Context::forget_applied`] finds it. `None` for an object without an owner.
+fn applied_key<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> Option<String> {
+    let owner = meta.owner_references.as_ref()?.first()?;
+    Some(owned_key::<K>(
+        meta.namespace.as_deref().unwrap_or_default(),
+        &owner.name,
+        meta.name.as_deref().unwrap_or_default(),
+    ))
+}
+
+fn owned_key<K: Resource<DynamicType = ()>>(namespace: &str, owner: &str, name: &str) -> String {
+    format!("{namespace}/{owner}/{}/{name}", K::kind(&()))
+}
+
+/// Deletes an object the spec no longer asks for, if this endpoint owns it. Once none
+/// is there, later reconciles do not look again until [`apply_object`] makes one.
+async fn remove_if_owned<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    name: &str,
+    endpoint: &IngestionEndpoint,
+) -> Result<()>
 where
-    K: Resource + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
+    let key = owned_key::<K>(
+        endpoint.namespace().as_deref().unwrap_or_default(),
+        &endpoint.name_any(),
+        name,
+    );
+    if ctx.applied().get(&key) == Some(&Known::Absent) {
+        return Ok(());
+    }
     if let Some(obj) = api.get_opt(name).await?
         && builders::is_owned_by(obj.meta(), endpoint)
     {
@@ -435,6 +502,7 @@ where
             Err(e) => return Err(e.into()),
         }
     }
+    ctx.applied().insert(key, Known::Absent);
     Ok(())
 }
 

@@ -50,10 +50,11 @@ pub(super) async fn tenant_credentials(
         Ok(ctx.accounts.mint(tenant)?)
     })?;
     let urls = ctx.accounts.urls(&plan.current)?;
-    apply_object(
+    apply_object_over(
         ctx,
         &api,
         &builders::credentials_secret(endpoint, tenant, &plan, &urls)?,
+        Some(existing.as_ref()),
     )
     .await?;
     if let Some(reason) = plan.minted {

@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -217,6 +217,46 @@ async fn apply_creates_owned_objects_and_ready_status() {
     // The minted key survived the change.
     let secret = ns.api::<Secret>().get("orders-hmac").await.unwrap();
     assert!(secret.data.unwrap().contains_key(&key_id));
+
+    // Drift is repaired from the watch, well before the 60 s resync: the operator's own
+    // writes are ignored as triggers, someone else's change or deletion is not.
+    let config_maps = ns.api::<ConfigMap>();
+    let rendered = config_maps.get("orders-ingest").await.unwrap().data;
+    let file = rendered
+        .as_ref()
+        .and_then(|d| d.keys().next())
+        .unwrap()
+        .clone();
+    let tampered = json!({"data": {file: "{}"}});
+    config_maps
+        .patch(
+            "orders-ingest",
+            &PatchParams::default(),
+            &Patch::Merge(&tampered),
+        )
+        .await
+        .unwrap();
+    let repaired = |what: &'static str| {
+        let config_maps = config_maps.clone();
+        let rendered = rendered.clone();
+        eventually(what, Duration::from_secs(20), move || {
+            let config_maps = config_maps.clone();
+            let rendered = rendered.clone();
+            async move {
+                match config_maps.get_opt("orders-ingest").await {
+                    Ok(Some(cm)) if cm.data == rendered => Ok(()),
+                    Ok(other) => Err(format!("{:?}", other.map(|cm| cm.data))),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+    };
+    repaired("the edited ConfigMap restored").await;
+    config_maps
+        .delete("orders-ingest", &DeleteParams::default())
+        .await
+        .unwrap();
+    repaired("the deleted ConfigMap recreated").await;
     ns.finish().await;
 }
 
