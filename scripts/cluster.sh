@@ -203,11 +203,12 @@ KUBECONFIG_PATH="$STATE/kubeconfig"
 ETCD_DATA="/dev/shm/anchorpipe-etcd-$(printf '%s' "$STATE" | sha256sum | cut -c1-12)"
 
 # Whether a running component was started with the arguments this script gives it now
-# (only the controller-manager and Traefik are checked: the others' arguments name this
-# checkout's files, which differ between checkouts sharing one state dir).
+# (only the controller-manager, the scheduler and Traefik are checked: the others'
+# arguments name this checkout's files, which differ between checkouts sharing one state
+# dir).
 args_current() { # <component>
   local pid expected actual
-  [[ "$1" == kube-controller-manager || "$1" == traefik ]] || return 0
+  [[ "$1" == kube-controller-manager || "$1" == kube-scheduler || "$1" == traefik ]] || return 0
   pid="$(pid_of "$1")" || return 0
   expected="$(component_args "$1")"
   actual="$(tr '\0' '\n' <"/proc/$pid/cmdline" | tail -n +2)"
@@ -369,6 +370,13 @@ component_args() { # <component> -> one argument per line
       `# controller-manager whose flags differ.` \
       --controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,root-ca-certificate-publisher-controller,endpointslice-controller,endpointslice-mirroring-controller,clusterrole-aggregation-controller \
       --use-service-account-credentials=true \
+      `# A control plane sized for a thousand tenants (the operator benchmark):` \
+      `# the defaults (20 requests/s per controller, 5 concurrent syncs) keep` \
+      `# Deployments unavailable for minutes after a burst of endpoints.` \
+      --kube-api-qps=200 \
+      --kube-api-burst=400 \
+      --concurrent-deployment-syncs=20 \
+      --concurrent-replicaset-syncs=20 \
       --service-account-private-key-file="$PKI/sa.key" \
       --root-ca-file="$PKI/ca.crt" \
       --leader-elect=false \
@@ -377,6 +385,8 @@ component_args() { # <component> -> one argument per line
       --kubeconfig="$STATE/kube-scheduler.kubeconfig" \
       --bind-address=127.0.0.1 \
       --secure-port="$SCHED_PORT" \
+      --kube-api-qps=200 \
+      --kube-api-burst=400 \
       --leader-elect=false \
       --profiling=false ;;
     kwok) printf '%s\n' \

@@ -369,18 +369,25 @@ async fn malformed(
 }
 
 /// What about a live object tells that someone changed it: its generation (a spec
-/// change) where it has one, else its resource version (any change), and its labels and
-/// annotations. A Deployment's status updates change neither, so a rollout's progress
-/// does not count as drift.
-fn observed(meta: &ObjectMeta) -> u64 {
+/// change) where it has one, else its resource version (any change), and the values of
+/// the labels and annotations the operator sets (`desired`). A Deployment's status
+/// updates change none of these, and neither does the revision annotation the
+/// Deployment controller adds, so a rollout's progress does not count as drift.
+fn observed(live: &ObjectMeta, desired: &ObjectMeta) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match meta.generation {
+    match live.generation {
         Some(generation) => generation.hash(&mut hasher),
-        None => meta.resource_version.hash(&mut hasher),
+        None => live.resource_version.hash(&mut hasher),
     }
-    meta.labels.hash(&mut hasher);
-    meta.annotations.hash(&mut hasher);
+    for (wanted, present) in [
+        (&desired.labels, &live.labels),
+        (&desired.annotations, &live.annotations),
+    ] {
+        for key in wanted.iter().flat_map(|m| m.keys()) {
+            (key, present.as_ref().and_then(|m| m.get(key))).hash(&mut hasher);
+        }
+    }
     hasher.finish()
 }
 
@@ -435,7 +442,7 @@ where
             None => api.get_opt(&name).await?,
         };
         if let Some(live) = live
-            && observed(live.meta()) == seen
+            && observed(live.meta(), meta) == seen
         {
             debug!(kind = %K::kind(&()), %name, "unchanged; not applied again");
             return Ok(live);
@@ -452,7 +459,7 @@ where
         key,
         Known::Applied(Applied {
             desired,
-            seen: observed(live.meta()),
+            seen: observed(live.meta(), meta),
             resource_version: live.meta().resource_version.clone(),
         }),
     );
@@ -583,5 +590,39 @@ mod tests {
         // ...but never more than a minute.
         assert_eq!(retry_delay(secs(61)), secs(60));
         assert_eq!(retry_delay(secs(86_400)), secs(60));
+    }
+
+    #[test]
+    fn drift_is_a_change_to_what_the_operator_set_not_what_others_add() {
+        let meta = |generation: i64, annotations: &[(&str, &str)]| ObjectMeta {
+            generation: Some(generation),
+            resource_version: Some(format!("{generation}0")),
+            labels: Some(BTreeMap::from([("app".to_owned(), "ingest".to_owned())])),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let desired = meta(0, &[("anchorpipe.dev/config-hash", "a")]);
+        let applied = observed(&meta(1, &[("anchorpipe.dev/config-hash", "a")]), &desired);
+        // The Deployment controller's revision annotation is not drift.
+        let revised = meta(
+            1,
+            &[
+                ("anchorpipe.dev/config-hash", "a"),
+                ("deployment.kubernetes.io/revision", "1"),
+            ],
+        );
+        assert_eq!(observed(&revised, &desired), applied);
+        // An edit of the operator's own annotation, or of the spec, is.
+        let edited = meta(1, &[("anchorpipe.dev/config-hash", "b")]);
+        assert_ne!(observed(&edited, &desired), applied);
+        let removed = meta(1, &[]);
+        assert_ne!(observed(&removed, &desired), applied);
+        let respec = meta(2, &[("anchorpipe.dev/config-hash", "a")]);
+        assert_ne!(observed(&respec, &desired), applied);
     }
 }
