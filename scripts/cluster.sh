@@ -250,8 +250,9 @@ all_healthy() {
   for c in "${COMPONENTS[@]}"; do
     pid_of "$c" >/dev/null && healthy "$c" && args_current "$c" || return 1
   done
-  # ... and the fake node is still there.
-  [[ "$(api_get "/api/v1/nodes/$NODE_NAME" 2>/dev/null)" == *'"kwok.x-k8s.io/node": "fake"'* ]]
+  # ... and the fake node and the extra Service range are still there.
+  [[ "$(api_get "/api/v1/nodes/$NODE_NAME" 2>/dev/null)" == *'"kwok.x-k8s.io/node": "fake"'* ]] \
+    && [[ "$(api_get "/apis/networking.k8s.io/v1/servicecidrs/$SERVICE_RANGE_NAME" 2>/dev/null)" == *"$SERVICE_RANGE"* ]]
 }
 
 # ---------------------------------------------------------------- certificates
@@ -539,6 +540,24 @@ EOF
   ( umask 077; printf '%s' "$token" >"$STATE/traefik.token" )
 }
 
+# Room for a thousand tenants' Services. The apiserver's own range (its
+# --service-cluster-ip-range, 10.0.0.0/24) holds 254 and cannot be changed under an
+# existing etcd; a second ServiceCIDR (networking.k8s.io/v1) adds to it, on a fresh
+# or an existing cluster alike. Nothing routes ClusterIPs here (no kube-proxy), so the
+# addresses only have to be unique.
+SERVICE_RANGE_NAME=anchorpipe-services
+SERVICE_RANGE=10.96.0.0/16
+ensure_service_range() {
+  kubectl_admin apply --server-side --field-manager=anchorpipe-test-cluster -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata:
+  name: $SERVICE_RANGE_NAME
+spec:
+  cidrs: ["$SERVICE_RANGE"]
+EOF
+}
+
 ensure_node() {
   kubectl_admin apply -f - >/dev/null <<EOF
 # Labels and annotation as kwok's own node template
@@ -635,6 +654,7 @@ cmd_up() {
   done
 
   ensure_node
+  ensure_service_range
   local t; t=$(now_ms)
   kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=60s >/dev/null \
     || die "node $NODE_NAME not Ready; see $LOGS/kwok.log"

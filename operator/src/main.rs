@@ -173,6 +173,11 @@ struct RunArgs {
     /// Seconds between re-checks of a healthy endpoint.
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
+    /// Endpoints reconciled at once (the others wait their turn); bounds the memory and
+    /// the API server load of a burst of changes.
+    #[arg(long, default_value_t = anchorpipe_operator::reconcile::DEFAULT_CONCURRENT_RECONCILES,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -279,6 +284,7 @@ fn main() -> ExitCode {
                 broker_timeout: Duration::from_secs(args.broker_timeout_seconds),
                 cleanup_timeout: Duration::from_secs(args.cleanup_timeout_seconds),
                 resync: Duration::from_secs(args.resync_seconds),
+                max_concurrent_reconciles: args.max_concurrent_reconciles,
             };
             block_on(anchorpipe_operator::run::run(config))
                 .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)

@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub broker_timeout: Duration,
     pub cleanup_timeout: Duration,
     pub resync: Duration,
+    /// Endpoints reconciled at once, over every watched namespace.
+    pub max_concurrent_reconciles: u16,
 }
 
 /// A client that counts every request it sends in `metrics` (by method and resource),
@@ -105,16 +107,19 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.database_url.clone(),
         config.amqp_url.clone(),
     )?);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.settings.clone(),
-        broker,
-        accounts,
-        metrics.clone(),
-        Arc::new(Timestamp::now),
-        config.cleanup_timeout,
-        config.resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            config.settings.clone(),
+            broker,
+            accounts,
+            metrics.clone(),
+            Arc::new(Timestamp::now),
+            config.cleanup_timeout,
+            config.resync,
+        )
+        .with_concurrent_reconciles(config.max_concurrent_reconciles),
+    );
     // One controller for the whole cluster, or one per watched namespace (each with
     // its own cache: a reflector's store holds one watch's objects).
     let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {

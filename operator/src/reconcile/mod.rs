@@ -111,7 +111,14 @@ pub struct Context {
     /// reconcile that would apply the same again reads it instead (see [`apply_object`]),
     /// or that it was found absent (see [`remove_if_owned`]).
     applied: Mutex<HashMap<String, Known>>,
+    /// Endpoints reconciled at once, over every controller of this process.
+    reconcile_slots: tokio::sync::Semaphore,
 }
+
+/// Endpoints reconciled at once unless configured otherwise. A thousand endpoints applied
+/// together used to start a thousand reconciles, each holding its objects while waiting
+/// for the same few database connections and API server round trips.
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 32;
 
 /// What the operator knows of one owned object from its own last look.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +169,17 @@ impl Context {
             resync,
             failing_since: Mutex::new(HashMap::new()),
             applied: Mutex::new(HashMap::new()),
+            reconcile_slots: tokio::sync::Semaphore::new(usize::from(
+                DEFAULT_CONCURRENT_RECONCILES,
+            )),
         }
+    }
+
+    /// At most `slots` reconciles at once (at least one).
+    #[must_use]
+    pub fn with_concurrent_reconciles(mut self, slots: u16) -> Self {
+        self.reconcile_slots = tokio::sync::Semaphore::new(usize::from(slots.max(1)));
+        self
     }
 
     /// Whether `meta` is an owned object exactly as the operator's last apply left it:
@@ -246,6 +263,8 @@ pub async fn reconcile(
     obj: Arc<DeserializeGuard<IngestionEndpoint>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
+    // The semaphore is never closed; were it, reconciling unbounded beats not at all.
+    let _slot = ctx.reconcile_slots.acquire().await.ok();
     let started = Instant::now();
     let result = reconcile_guarded(&obj, &ctx).await;
     let outcome = match &result {
