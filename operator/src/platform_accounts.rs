@@ -3,8 +3,9 @@
 //! ([`crate::broker_users`]). This is where the platform's admin credentials are used;
 //! the URLs handed to tenants carry only the tenant's minted credentials.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
@@ -27,6 +28,34 @@ pub struct PlatformAccounts {
     /// The broker admin's URL: tenant URLs reuse its host, port and vhost.
     amqp_url: String,
     vhost: String,
+    /// Per tenant: which credential set and grant [`Accounts::ensure`] last confirmed,
+    /// and when. A tenant's reconciles come in bursts while it converges (its own
+    /// Deployment's progress wakes it); each used to repeat a database round trip and
+    /// five management API calls that had just succeeded.
+    ensured: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+/// How long a confirmed login and broker user are taken to be still there. Longer than
+/// a burst of reconciles, shorter than the resync period, so a resync still finds and
+/// repairs a login or user removed behind the operator's back.
+pub const REVERIFY_AFTER: Duration = Duration::from_secs(60);
+
+/// What an ensured credential set and grant are remembered by (a hash: the passwords
+/// are part of it, since a changed password must be set).
+fn fingerprint(set: &CredentialSet, grant: &Grant) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        &set.id,
+        &set.database_login,
+        &set.database_password,
+        &set.amqp_user,
+        &set.amqp_password,
+        &grant.exchange,
+        &grant.routing_key,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> AccountError {
@@ -47,7 +76,15 @@ impl PlatformAccounts {
             database_url,
             amqp_url,
             vhost,
+            ensured: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn ensured(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        match self.ensured.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// The broker user name prefix of every credential set of `tenant`.
@@ -179,6 +216,14 @@ impl Accounts for PlatformAccounts {
         grant: &'a Grant,
     ) -> BoxFuture<'a, Result<(), AccountError>> {
         Box::pin(async move {
+            let print = fingerprint(set, grant);
+            if self
+                .ensured()
+                .get(tenant)
+                .is_some_and(|(last, at)| *last == print && at.elapsed() < REVERIFY_AFTER)
+            {
+                return Ok(());
+            }
             self.db
                 .ensure_login(tenant, &set.database_login, &set.database_password)
                 .await
@@ -191,7 +236,10 @@ impl Accounts for PlatformAccounts {
             self.users
                 .ensure_user(&set.amqp_user, &set.amqp_password, &grant)
                 .await
-                .map_err(|e| failed("broker user", e))
+                .map_err(|e| failed("broker user", e))?;
+            self.ensured()
+                .insert(tenant.to_owned(), (print, Instant::now()));
+            Ok(())
         })
     }
 
@@ -201,6 +249,7 @@ impl Accounts for PlatformAccounts {
         keep: &'a [String],
     ) -> BoxFuture<'a, Result<(), AccountError>> {
         Box::pin(async move {
+            self.ensured().remove(tenant);
             self.revoke_logins_except(tenant, keep).await?;
             self.revoke_broker_users_except(tenant, keep).await
         })
@@ -218,6 +267,7 @@ impl Accounts for PlatformAccounts {
             if claim != TenantClaim::Ours {
                 return Ok(());
             }
+            self.ensured().remove(tenant);
             self.db
                 .release_tenant(tenant, &who.uid)
                 .await

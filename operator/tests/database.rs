@@ -21,11 +21,15 @@ use anchorpipe_ingest::metrics::Metrics;
 use anchorpipe_ingest::relay::{self, Relay, RelaySettings};
 use anchorpipe_ingest::report::ReportHeader;
 use anchorpipe_ingest::store::{self, NewReport, RequestMeta, Stored, Submission};
+use anchorpipe_operator::accounts::{Accounts as _, Grant};
+use anchorpipe_operator::broker_users::{BrokerUserError, BrokerUsers, TenantGrant};
 use anchorpipe_operator::database::{
     Claimant, Error, RepositoryClaims, TenantClaim, TenantDb, login_name, mint_password,
     tenant_database_url,
 };
+use anchorpipe_operator::platform_accounts::PlatformAccounts;
 use axum::body::Body;
+use futures_util::future::BoxFuture;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use lapin::options::ConfirmSelectOptions;
@@ -988,4 +992,93 @@ async fn ensuring_a_login_again_rotates_its_password_and_never_takes_over_a_fore
 
     a.release(&db).await;
     other.release(&db).await;
+}
+
+/// Counts [`PlatformAccounts`]' broker user calls; touches no broker.
+#[derive(Default)]
+struct CountingUsers {
+    ensured: std::sync::atomic::AtomicUsize,
+}
+
+impl BrokerUsers for CountingUsers {
+    fn ensure_user<'a>(
+        &'a self,
+        _user: &'a str,
+        _password: &'a str,
+        _grant: &'a TenantGrant,
+    ) -> BoxFuture<'a, Result<(), BrokerUserError>> {
+        self.ensured
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_user<'a>(&'a self, _user: &'a str) -> BoxFuture<'a, Result<(), BrokerUserError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn users_with_prefix<'a>(
+        &'a self,
+        _prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BrokerUserError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn credentials_confirmed_moments_ago_are_not_ensured_again_until_something_changes(
+    pool: PgPool,
+) {
+    let users = Arc::new(CountingUsers::default());
+    let accounts = PlatformAccounts::new(
+        TenantDb::from_pool(pool.clone()),
+        users.clone(),
+        owner_url(&pool).await,
+        std::env::var("AMQP_URL").expect("AMQP_URL (scripts/services.sh env)"),
+    )
+    .unwrap();
+    let calls = || users.ensured.load(std::sync::atomic::Ordering::SeqCst);
+    let tenant = unique_tenant();
+    let who = claimant(&tenant);
+    assert_eq!(
+        accounts.claim_tenant(&tenant, &who).await.unwrap(),
+        TenantClaim::Ours
+    );
+    let set = accounts.mint(&tenant).unwrap();
+    let grant = Grant {
+        exchange: "anchorpipe.reports".to_owned(),
+        routing_key: format!("{tenant}.reports"),
+    };
+    accounts.ensure(&tenant, &set, &grant).await.unwrap();
+    assert_eq!(calls(), 1);
+    // The login exists: the tenant can connect with it.
+    let urls = accounts.urls(&set).unwrap();
+    PgConnection::connect(&urls.database_url)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+
+    // The same set again, within the re-verify window: nothing is asked of anyone.
+    accounts.ensure(&tenant, &set, &grant).await.unwrap();
+    assert_eq!(calls(), 1);
+    // A new password, or a new grant, is set at once.
+    let mut changed = set.clone();
+    changed.amqp_password = mint_password().unwrap();
+    accounts.ensure(&tenant, &changed, &grant).await.unwrap();
+    assert_eq!(calls(), 2);
+    let moved = Grant {
+        routing_key: format!("{tenant}.moved"),
+        ..grant.clone()
+    };
+    accounts.ensure(&tenant, &changed, &moved).await.unwrap();
+    assert_eq!(calls(), 3);
+    // After a revocation the kept set is confirmed again on the next ensure.
+    accounts
+        .revoke_except(&tenant, std::slice::from_ref(&changed.id))
+        .await
+        .unwrap();
+    accounts.ensure(&tenant, &changed, &moved).await.unwrap();
+    assert_eq!(calls(), 4);
+    accounts.release(&tenant, &who).await.unwrap();
 }

@@ -118,7 +118,7 @@ pub struct Context {
 /// Endpoints reconciled at once unless configured otherwise. A thousand endpoints applied
 /// together used to start a thousand reconciles, each holding its objects while waiting
 /// for the same few database connections and API server round trips.
-pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 32;
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 64;
 
 /// What the operator knows of one owned object from its own last look.
 #[derive(Debug, Clone, PartialEq, Eq)]
