@@ -1159,9 +1159,17 @@ async fn create_any(client: &Client, ns: &str, object: Value) -> anyhow::Result<
         ($t:ty) => {{
             let typed: $t = serde_json::from_value(object)?;
             let api: Api<$t> = Api::namespaced(client.clone(), ns);
-            let params = PostParams::default();
+            let (api, params, typed) = (&api, &PostParams::default(), &typed);
+            // A create retried after a dropped answer may find its own first attempt.
+            let mut retry = false;
             retrying(&format!("creating a {kind}"), || {
-                api.create(&params, &typed)
+                let again = std::mem::replace(&mut retry, true);
+                async move {
+                    match api.create(params, typed).await {
+                        Err(kube::Error::Api(s)) if again && s.code == 409 => Ok(()),
+                        other => other.map(drop),
+                    }
+                }
             })
             .await?;
         }};
