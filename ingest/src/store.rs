@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sqlx::{Connection as _, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, Connection as _, PgPool};
 use uuid::Uuid;
 
 use crate::report::ReportHeader;
@@ -415,28 +416,43 @@ pub async fn store_batch(
 
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    // Every value is its own parameter (see `insert_ingestions_sql`).
-    let mut insert =
-        sqlx::query_as::<_, (Uuid,)>(sqlx::AssertSqlSafe(insert_ingestions_sql(leaders.len())))
-            .bind(tenant);
+    // Every value is its own parameter (see `insert_ingestions_sql`). The argument
+    // buffer is sized up front: grown by binding, it copied each large body again at
+    // every doubling.
+    let mut args = PgArguments::default();
+    args.reserve(
+        1 + leaders.len() * INGESTION_PARAMS,
+        leaders.iter().map(|r| r.size() + 1024).sum(),
+    );
+    macro_rules! bind {
+        ($($value:expr),+ $(,)?) => {
+            $(args.add($value).map_err(sqlx::Error::Encode)?;)+
+        };
+    }
+    bind!(tenant);
     for ((report, id), response) in leaders.iter().zip(&ids).zip(&responses) {
         let header = &report.header;
-        insert = insert
-            .bind(*id)
-            .bind(header.repo_id)
-            .bind(header.commit_sha.as_str())
-            .bind(header.run_id.as_str())
-            .bind(header.framework.as_str())
-            .bind(header.branch.as_deref())
-            .bind(header.pull_request.as_deref())
-            .bind(header.idempotency_key.as_deref())
-            .bind(clamp_count(report.test_count))
-            .bind(report.body.as_str())
-            .bind(response)
-            .bind(report.meta.request_id.as_str())
-            .bind(report.original.as_ref().map(|o| o.body.as_str()))
-            .bind(report.original.as_ref().map(|o| o.content_type.as_str()));
+        bind!(
+            *id,
+            header.repo_id,
+            header.commit_sha.as_str(),
+            header.run_id.as_str(),
+            header.framework.as_str(),
+            header.branch.as_deref(),
+            header.pull_request.as_deref(),
+            header.idempotency_key.as_deref(),
+            clamp_count(report.test_count),
+            report.body.as_str(),
+            response,
+            report.meta.request_id.as_str(),
+            report.original.as_ref().map(|o| o.body.as_str()),
+            report.original.as_ref().map(|o| o.content_type.as_str()),
+        );
     }
+    let insert = sqlx::query_as_with::<_, (Uuid,), _>(
+        sqlx::AssertSqlSafe(insert_ingestions_sql(leaders.len())),
+        args,
+    );
     let inserted: Vec<(Uuid,)> = insert.fetch_all(&mut *tx).await?;
     let inserted: HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
 
