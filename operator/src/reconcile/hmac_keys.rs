@@ -31,7 +31,7 @@ pub(super) async fn minted_keys(
     let names = Names::of(endpoint);
     let namespace = endpoint.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = api.get_opt(&names.secret).await?;
+    let existing = ctx.get_owned(&api, endpoint, &names.secret).await?;
     if let Some(secret) = &existing
         && !builders::is_owned_by(&secret.metadata, endpoint)
     {

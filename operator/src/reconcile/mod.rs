@@ -121,7 +121,7 @@ pub struct Context {
 pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 64;
 
 /// What the operator knows of one owned object from its own last look.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum Known {
     Applied(Applied),
     /// Not there, and not asked for: the operator creates it only through
@@ -130,7 +130,7 @@ enum Known {
 }
 
 /// One owned object as the operator last applied it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 struct Applied {
     /// Hash of the object the operator applied.
     desired: u64,
@@ -139,7 +139,16 @@ struct Applied {
     /// The resource version of that answer: a watch event carrying it is the echo of
     /// the operator's own write (see [`Context::is_own_write`]).
     resource_version: Option<String>,
+    /// The answer itself, for the kinds whose owned watch reports every change
+    /// ([`CACHED_KINDS`]), until an event shows another resource version: reads of the
+    /// object are answered from it meanwhile (see [`Context::cached`]).
+    object: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
+
+/// Owned kinds whose watch goes through [`Context::is_own_write`], so a change by anyone
+/// else is noticed and the kept copy dropped. (Deployments are watched too, but their
+/// status, which the operator reads, changes all the time.)
+const CACHED_KINDS: [&str; 2] = ["Secret", "ConfigMap"];
 
 impl Context {
     #[allow(clippy::too_many_arguments)]
@@ -185,15 +194,52 @@ impl Context {
     /// Whether `meta` is an owned object exactly as the operator's last apply left it:
     /// the watch event of its own write, which asks for nothing. Every reconcile that
     /// wrote an object used to be followed by one more, woken by that echo.
+    ///
+    /// Any other version (someone else's change, a deletion, a late echo of an older
+    /// write) drops the kept copy, so the next reconcile reads the object again.
     pub fn is_own_write<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta) -> bool {
         let Some(key) = applied_key::<K>(meta) else {
             return false;
         };
-        matches!(
-            self.applied().get(&key),
-            Some(Known::Applied(last))
-                if meta.resource_version.is_some() && last.resource_version == meta.resource_version
-        )
+        let mut applied = self.applied();
+        let Some(Known::Applied(last)) = applied.get_mut(&key) else {
+            return false;
+        };
+        if meta.resource_version.is_some() && last.resource_version == meta.resource_version {
+            return true;
+        }
+        last.object = None;
+        false
+    }
+
+    /// The owned object under `key` as the operator's last apply left it, while its
+    /// watch has shown no change since; `None` means: read it.
+    fn cached<K: Clone + 'static>(&self, key: &str) -> Option<K> {
+        match self.applied().get(key) {
+            Some(Known::Applied(last)) => last.object.as_ref()?.downcast_ref::<K>().cloned(),
+            _ => None,
+        }
+    }
+
+    /// [`Api::get_opt`], answered from [`Self::cached`] when it can be.
+    async fn get_owned<K>(
+        &self,
+        api: &Api<K>,
+        endpoint: &IngestionEndpoint,
+        name: &str,
+    ) -> Result<Option<K>>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + 'static,
+    {
+        let key = owned_key::<K>(
+            endpoint.namespace().as_deref().unwrap_or_default(),
+            &endpoint.name_any(),
+            name,
+        );
+        if let Some(object) = self.cached::<K>(&key) {
+            return Ok(Some(object));
+        }
+        Ok(api.get_opt(name).await?)
     }
 
     fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
@@ -431,7 +477,14 @@ fn desired_hash<K: Serialize>(obj: &K) -> Result<u64> {
 /// object, its deletion, or a new desired state still leads to an apply.
 async fn apply_object<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<K>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     apply_object_over(ctx, api, obj, None).await
 }
@@ -445,7 +498,14 @@ async fn apply_object_over<K>(
     live: Option<Option<&K>>,
 ) -> Result<K>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let meta = obj.meta();
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
@@ -458,7 +518,10 @@ where
     if let Some(seen) = last {
         let live = match live {
             Some(live) => live.cloned(),
-            None => api.get_opt(&name).await?,
+            None => match ctx.cached::<K>(&key) {
+                Some(kept) => Some(kept),
+                None => api.get_opt(&name).await?,
+            },
         };
         if let Some(live) = live
             && observed(live.meta(), meta) == seen
@@ -480,6 +543,9 @@ where
             desired,
             seen: observed(live.meta(), meta),
             resource_version: live.meta().resource_version.clone(),
+            object: CACHED_KINDS
+                .contains(&K::kind(&()).as_ref())
+                .then(|| Arc::new(live.clone()) as Arc<dyn std::any::Any + Send + Sync>),
         }),
     );
     Ok(live)
@@ -516,7 +582,7 @@ where
         &endpoint.name_any(),
         name,
     );
-    if ctx.applied().get(&key) == Some(&Known::Absent) {
+    if matches!(ctx.applied().get(&key), Some(Known::Absent)) {
         return Ok(());
     }
     if let Some(obj) = api.get_opt(name).await?
