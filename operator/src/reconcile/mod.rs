@@ -467,6 +467,24 @@ fn desired_hash<K: Serialize>(obj: &K) -> Result<u64> {
     Ok(hasher.finish())
 }
 
+/// An object kind the operator applies and remembers (see [`Known`]).
+trait Owned:
+    Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Owned for K where
+    K: Resource<DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Server-side applies `obj` under the operator's field manager and returns the result.
 ///
 /// Unless nothing would change: when this process last applied exactly `obj` and the
@@ -475,38 +493,18 @@ fn desired_hash<K: Serialize>(obj: &K) -> Result<u64> {
 /// again, so a rollout's status updates (each one a reconcile) cost five writes per
 /// endpoint, and a thousand idle endpoints kept writing. Someone else's change to the
 /// object, its deletion, or a new desired state still leads to an apply.
-async fn apply_object<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<K>
-where
-    K: Resource<DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
+async fn apply_object<K: Owned>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<K> {
     apply_object_over(ctx, api, obj, None).await
 }
 
 /// [`apply_object`] when the caller has just read the live object (`Some(None)`: it is
 /// absent), so it is not read twice.
-async fn apply_object_over<K>(
+async fn apply_object_over<K: Owned>(
     ctx: &Context,
     api: &Api<K>,
     obj: &K,
     live: Option<Option<&K>>,
-) -> Result<K>
-where
-    K: Resource<DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> Result<K> {
     let meta = obj.meta();
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
     let key = applied_key::<K>(meta).ok_or(Error::MissingMetadata("ownerReferences"))?;
