@@ -57,7 +57,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-fn header(repo: Uuid, run_id: String) -> ReportHeader {
+/// The header of every report the benchmark stores directly (without the service).
+pub(crate) fn header(repo: Uuid, run_id: String) -> ReportHeader {
     ReportHeader {
         repo_id: repo,
         commit_sha: COMMIT_SHA.to_owned(),

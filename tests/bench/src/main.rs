@@ -80,6 +80,15 @@ struct PgcostArgs {
     batch: usize,
 }
 
+/// Where PostgreSQL and RabbitMQ are (`eval "$(scripts/services.sh env)"` sets both).
+#[derive(Debug, clap::Args)]
+struct Services {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+}
+
 #[derive(Debug, clap::Args)]
 struct OperatorArgs {
     /// The release `anchorpipe-operator` binary to measure.
@@ -88,10 +97,8 @@ struct OperatorArgs {
     /// The `anchorpipe-ingest` binary (it migrates the run's platform database).
     #[arg(long)]
     ingest_bin: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
     rabbitmq_management_url: String,
     /// IngestionEndpoints applied at once.
@@ -126,10 +133,8 @@ struct RelayArgs {
     /// The release `anchorpipe-ingest` binary whose relay is measured.
     #[arg(long)]
     ingest_bin: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     /// Scratch directory for config, keys and logs.
     #[arg(long, default_value = "/tmp/anchorpipe-bench-relay")]
     work_dir: PathBuf,
@@ -152,10 +157,8 @@ struct AttackArgs {
     /// The release `anchorpipe-ingest` binary to attack.
     #[arg(long)]
     ingest_bin: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     /// Where ATTACK.md goes.
     #[arg(long, default_value = "tests/bench")]
     out_dir: PathBuf,
@@ -175,10 +178,8 @@ struct RunArgs {
     /// The release `anchorpipe-ingest` binary to measure.
     #[arg(long)]
     ingest_bin: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     /// Where RESULTS.md and throughput.png go.
     #[arg(long, default_value = "tests/bench")]
     out_dir: PathBuf,
@@ -275,8 +276,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
     let settings = matrix::Settings {
         ingest_bin: args.ingest_bin,
-        database_url: args.database_url,
-        amqp_url: args.amqp_url,
+        database_url: args.services.database_url,
+        amqp_url: args.services.amqp_url,
         work_dir: args.work_dir,
         duration: Duration::from_secs_f64(args.duration),
         concurrency: args.concurrency,
@@ -314,8 +315,8 @@ async fn under_attack(args: AttackArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
     let settings = attack::Settings {
         ingest_bin: args.ingest_bin,
-        database_url: args.database_url,
-        amqp_url: args.amqp_url,
+        database_url: args.services.database_url,
+        amqp_url: args.services.amqp_url,
         work_dir: args.work_dir,
         out_dir: args.out_dir,
         rate: args.rate,
@@ -329,8 +330,8 @@ async fn relay_pace(args: RelayArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
     let settings = relay::Settings {
         ingest_bin: args.ingest_bin,
-        database_url: args.database_url,
-        amqp_url: args.amqp_url,
+        database_url: args.services.database_url,
+        amqp_url: args.services.amqp_url,
         work_dir: args.work_dir,
         duration: Duration::from_secs_f64(args.duration),
         rows: args.rows,
@@ -346,8 +347,8 @@ async fn operator_at_scale(args: OperatorArgs) -> anyhow::Result<()> {
     let settings = operator::Settings {
         operator_bin: args.operator_bin,
         ingest_bin: args.ingest_bin,
-        database_url: args.database_url,
-        amqp_url: args.amqp_url,
+        database_url: args.services.database_url,
+        amqp_url: args.services.amqp_url,
         management_url: args.rabbitmq_management_url,
         endpoints: args.endpoints,
         namespaces: args.namespaces,

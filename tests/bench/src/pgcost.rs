@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anchorpipe_crds::config::BrokerTopology;
-use anchorpipe_ingest::report::ReportHeader;
 use anchorpipe_ingest::store::{NewReport, RequestMeta, Submission, store_batch, store_report};
 use anyhow::Context as _;
 use sqlx::postgres::PgPoolOptions;
@@ -31,8 +30,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::matrix::{self, progress};
-use crate::procstat;
-use crate::report::{COMMIT_SHA, Size, Template};
+use crate::report::{Size, Template};
+use crate::{limits, procstat};
 
 const PGCOST_DB: &str = "anchorpipe_bench_pgcost";
 
@@ -137,24 +136,10 @@ where
     })
 }
 
-fn header(repo: Uuid, run_id: &str) -> ReportHeader {
-    ReportHeader {
-        repo_id: repo,
-        commit_sha: COMMIT_SHA.to_owned(),
-        run_id: run_id.to_owned(),
-        framework: "junit".to_owned(),
-        branch: Some("main".to_owned()),
-        pull_request: None,
-        environment: serde_json::value::RawValue::from_string(r#"{"ci":"bench"}"#.to_owned()).ok(),
-        metadata: None,
-        idempotency_key: None,
-    }
-}
-
 fn submission(template: &Template, run_id: &str) -> anyhow::Result<Submission> {
     let body = String::from_utf8(template.body(run_id).to_vec()).context("body is not UTF-8")?;
     Ok(Submission {
-        header: header(template.repo, run_id),
+        header: limits::header(template.repo, run_id.to_owned()),
         test_count: template.tests,
         body,
         original: None,

@@ -182,17 +182,7 @@ pub fn process_cpu(pid: u32) -> Option<(f64, f64)> {
 /// `backends of other databases`.
 pub fn postgres_roles(except: &[u32], database: &str) -> BTreeMap<u32, (String, f64)> {
     let mut roles = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return roles;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         if except.contains(&pid) {
             continue;
         }
@@ -225,21 +215,20 @@ pub fn roles_since(
     by_role
 }
 
+/// The ids of the processes alive now (none if /proc cannot be read).
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// Reads `utime + stime` of every process.
 pub fn snapshot(ingest_pids: &[u32]) -> CpuSnapshot {
     let mut by_pid = BTreeMap::new();
     let mut pg_roles = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return CpuSnapshot::default();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
