@@ -151,12 +151,7 @@ case "${1:-}" in
         if [ -n "$bin" ] && [ -s "$PG_DATA/postmaster.pid" ]; then
             as_postgres "$bin/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
         fi
-        # rabbitmqctl can wait forever on a node that no longer answers its CLI (seen
-        # once after the suite's broker outages); such a node is killed.
-        if ! timeout 60 rabbitmqctl -q stop >/dev/null 2>&1; then
-            pkill -KILL -u rabbitmq -f -- '-s rabbit boot' 2>/dev/null || true
-            pkill -KILL -u rabbitmq -f -- 'rabbitmqctl' 2>/dev/null || true
-        fi
+        rabbitmqctl -q stop >/dev/null 2>&1 || true
         log "down"
         ;;
     env) env_out ;;
