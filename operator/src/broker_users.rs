@@ -29,6 +29,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -191,6 +192,37 @@ const MAX_REASON_CHARS: usize = 200;
 /// each of those endpoints failed once and waited 5 s for its retry. A few connections
 /// kept busy serve the same calls without a refusal.
 pub const MAX_IN_FLIGHT: usize = 8;
+
+/// Attempts at a call that a concurrent deletion can make RabbitMQ answer with 500, and
+/// the first and longest wait between them. See [`overtaken_by_a_deletion`].
+const RACE_ATTEMPTS: usize = 5;
+const RACE_MIN_DELAY: Duration = Duration::from_millis(20);
+const RACE_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// Runs an idempotent call again when RabbitMQ answers 500, a few times with jittered
+/// backoff, before that answer counts.
+///
+/// The management API lists first and looks each item up after: `GET /api/users` crashes
+/// on a user deleted in between (`rabbit_mgmt_wm_users`, `{badmatch,{error,not_found}}`
+/// in the broker's log), and closing a user's connections does on a connection that
+/// closed in between. Both happen whenever other tenants are being deleted at the same
+/// moment, which is the normal state of a busy operator, so one such answer must not fail
+/// a reconcile or a cleanup.
+async fn overtaken_by_a_deletion<T, F, Fut>(call: F) -> Result<T, BrokerUserError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BrokerUserError>>,
+{
+    call.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(RACE_MIN_DELAY)
+            .with_max_delay(RACE_MAX_DELAY)
+            .with_max_times(RACE_ATTEMPTS - 1)
+            .with_jitter(),
+    )
+    .when(|error| matches!(error, BrokerUserError::Status { status: 500, .. }))
+    .await
+}
 
 /// RabbitMQ's management HTTP API.
 pub struct ManagementApi {
@@ -507,16 +539,16 @@ impl ManagementApi {
         self.close_connections(user).await
     }
 
-    /// Closes every open connection of `user`. RabbitMQ answers 500 when a connection
-    /// closes between its listing and its closing; once more then finds it gone.
+    /// Closes every open connection of `user`; see [`overtaken_by_a_deletion`] for its
+    /// 500s.
     async fn close_connections(&self, user: &str) -> Result<(), BrokerUserError> {
         let path = format!("/api/connections/username/{}", segment(user));
         let operation = format!("closing the connections of broker user `{user}`");
-        let close = || self.call(Method::DELETE, &path, None, &operation, Missing::Ok, None);
-        match close().await {
-            Err(BrokerUserError::Status { status: 500, .. }) => close().await.map(drop),
-            other => other.map(drop),
-        }
+        overtaken_by_a_deletion(|| {
+            self.call(Method::DELETE, &path, None, &operation, Missing::Ok, None)
+        })
+        .await
+        .map(drop)
     }
 
     /// No separate `DELETE /api/connections/username/{user}`: RabbitMQ closes a deleted
@@ -535,13 +567,12 @@ impl ManagementApi {
         Ok(())
     }
 
+    /// The users whose names start with `prefix`; see [`overtaken_by_a_deletion`] for
+    /// its 500s.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BrokerUserError> {
-        let users: Vec<NamedUser> = self
-            .get(
-                "/api/users?columns=name",
-                &format!("listing broker users starting with `{prefix}`"),
-            )
-            .await?;
+        let operation = format!("listing broker users starting with `{prefix}`");
+        let users: Vec<NamedUser> =
+            overtaken_by_a_deletion(|| self.get("/api/users?columns=name", &operation)).await?;
         let mut names: Vec<String> = users
             .into_iter()
             .map(|u| u.name)
@@ -612,6 +643,42 @@ fn reason(body: &[u8], secret: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn status(status: u16) -> BrokerUserError {
+        BrokerUserError::Status {
+            operation: "listing".to_owned(),
+            status,
+            reason: String::new(),
+        }
+    }
+
+    /// Calls that answer `answers` in turn (the last one from then on), counting calls.
+    async fn answered(answers: &[Result<(), u16>]) -> (Result<(), BrokerUserError>, usize) {
+        let calls = AtomicUsize::new(0);
+        let result = overtaken_by_a_deletion(|| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let answer = answers[n.min(answers.len() - 1)];
+            async move { answer.map_err(status) }
+        })
+        .await;
+        (result, calls.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_500_is_asked_again_and_other_answers_are_not() {
+        assert_eq!(answered(&[Err(500), Err(500), Ok(())]).await, (Ok(()), 3));
+        assert_eq!(answered(&[Ok(())]).await, (Ok(()), 1));
+        // Only the race's answer is retried: a refusal or a client error stands at once.
+        assert_eq!(answered(&[Err(400), Ok(())]).await, (Err(status(400)), 1));
+        assert_eq!(answered(&[Err(503), Ok(())]).await, (Err(status(503)), 1));
+        // A broker that keeps failing is not asked forever.
+        assert_eq!(
+            answered(&[Err(500)]).await,
+            (Err(status(500)), RACE_ATTEMPTS)
+        );
+    }
 
     #[test]
     fn regex_escape_makes_every_ascii_symbol_literal() {
