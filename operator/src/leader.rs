@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -29,6 +30,9 @@ pub struct LeaseConfig {
     /// How often the holder renews, and a standby retries.
     pub renew_period: Duration,
 }
+
+/// Wait before renewing again after a failed renewal.
+const RETRY_AFTER_FAILED_RENEWAL: Duration = Duration::from_secs(1);
 
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -111,40 +115,73 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this replica is the leader.
-    pub async fn acquire(&self) {
+    /// Waits until this replica is the leader. Returns when the winning attempt began:
+    /// the `renewTime` it wrote is no earlier, so the Lease is valid at least until
+    /// then plus the lease duration.
+    pub async fn acquire(&self) -> Instant {
         loop {
-            match self.try_acquire_or_renew(Timestamp::now()).await {
+            let attempt = Instant::now();
+            match self.attempt(self.config.renew_period).await {
                 Ok(true) => {
                     info!(identity = %self.config.identity, lease = %self.config.name, "acquired the leader lease");
-                    return;
+                    return attempt;
                 }
                 Ok(false) => debug!("another replica leads; standing by"),
                 Err(error) => warn!(%error, "leader election attempt failed"),
             }
-            tokio::time::sleep(self.config.renew_period).await;
+            tokio::time::sleep_until(attempt + self.config.renew_period).await;
         }
     }
 
-    /// Renews the Lease until it is lost; returns the reason.
-    pub async fn hold(&self) -> Error {
-        let mut last_renewal = tokio::time::Instant::now();
+    /// Renews the Lease, held since an attempt begun at `renewed`, until it is lost;
+    /// returns the reason.
+    ///
+    /// Each renewal must be answered before the Lease it renews runs out. A standby may
+    /// take over from then on, so a renewal still in flight (an API server that accepted
+    /// the request and never answered) counts as lost, not as pending.
+    pub async fn hold(&self, mut renewed: Instant) -> Error {
         loop {
-            tokio::time::sleep(self.config.renew_period).await;
-            match self.try_acquire_or_renew(Timestamp::now()).await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => return Error::Lease("another replica took over the lease".to_owned()),
-                Err(error) => {
-                    warn!(%error, "could not renew the leader lease");
-                    if last_renewal.elapsed() >= self.config.lease_duration {
-                        return Error::Lease(format!(
-                            "lease not renewed for {:?}",
-                            self.config.lease_duration
-                        ));
+            tokio::time::sleep_until(renewed + self.config.renew_period).await;
+            loop {
+                let attempt = Instant::now();
+                let expires = renewed + self.config.lease_duration;
+                match self
+                    .attempt(expires.saturating_duration_since(attempt))
+                    .await
+                {
+                    Ok(true) => {
+                        renewed = attempt;
+                        break;
+                    }
+                    Ok(false) => {
+                        return Error::Lease("another replica took over the lease".to_owned());
+                    }
+                    Err(error) => {
+                        warn!(%error, "could not renew the leader lease");
+                        if Instant::now() >= expires {
+                            return Error::Lease(format!(
+                                "lease not renewed for {:?}",
+                                self.config.lease_duration
+                            ));
+                        }
                     }
                 }
+                // A failed renewal is tried again sooner than the period: the Lease is
+                // running out.
+                tokio::time::sleep(RETRY_AFTER_FAILED_RENEWAL.min(self.config.renew_period)).await;
             }
         }
+    }
+
+    /// [`Self::try_acquire_or_renew`] now, bounded by `within`.
+    async fn attempt(&self, within: Duration) -> Result<bool> {
+        tokio::time::timeout(within, self.try_acquire_or_renew(Timestamp::now()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Lease(format!(
+                    "the API server did not answer within {within:?}"
+                )))
+            })
     }
 
     /// Gives the Lease up on shutdown so a standby takes over at once.

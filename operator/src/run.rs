@@ -48,12 +48,27 @@ pub struct RunConfig {
     pub max_concurrent_reconciles: u16,
 }
 
+/// Longest wait for the API server's answer to one request of a reconcile or of the
+/// leader election. kube's clients wait forever by default: a request lost in an API
+/// server restart would hold its reconcile, and with it the endpoint, for good.
+pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client that counts every request it sends in `metrics` (by method and resource),
 /// so the operator's load on the API server can be read from its own /metrics.
-pub async fn counting_client(metrics: Arc<Metrics>) -> Result<Client> {
-    let config = kube::Config::infer()
+///
+/// `read_timeout` bounds the wait for each answer, from the moment the request is sent.
+/// `None` is for watches, which stay open with nothing to read for minutes and which
+/// kube's watcher bounds on its own.
+pub async fn counting_client(
+    metrics: Arc<Metrics>,
+    read_timeout: Option<Duration>,
+) -> Result<Client> {
+    let mut config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
+    config.read_timeout = read_timeout;
+    // Counted from the request, not from when its pooled connection went idle.
+    config.reset_reader_on_write = read_timeout.is_some();
     let count =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
             metrics.api_request(request.method(), request.uri().path());
@@ -66,7 +81,8 @@ pub async fn counting_client(metrics: Arc<Metrics>) -> Result<Client> {
 
 pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let client = counting_client(metrics.clone()).await?;
+    let client = counting_client(metrics.clone(), Some(API_REQUEST_TIMEOUT)).await?;
+    let watch_client = counting_client(metrics.clone(), None).await?;
     let state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: Default::default(),
@@ -85,10 +101,10 @@ pub async fn run(config: RunConfig) -> Result<()> {
         config.lease.clone(),
     );
     state.ready.store(true, Ordering::Relaxed);
-    tokio::select! {
-        () = elector.acquire() => {}
+    let acquired = tokio::select! {
+        acquired = elector.acquire() => acquired,
         _ = tokio::signal::ctrl_c() => return Ok(()),
-    }
+    };
     metrics.leader.set(1);
 
     let broker = Arc::new(AmqpBroker::new(
@@ -131,7 +147,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let controllers = futures_util::future::join_all(
         scopes
             .into_iter()
-            .map(|scope| controller(client.clone(), scope, ctx.clone())),
+            .map(|scope| controller(watch_client.clone(), scope, ctx.clone())),
     );
     let controller = async {
         controllers.await;
@@ -142,7 +158,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             info!("controller stopped");
             Ok(())
         }
-        lost = elector.hold() => {
+        lost = elector.hold(acquired) => {
             error!(error = %lost, "lost leadership; exiting so a fresh replica can stand by");
             Err(lost)
         }
@@ -174,7 +190,8 @@ fn own_write<K: kube::Resource<DynamicType = ()>>(
     move |meta| ctx.is_own_write::<K>(meta)
 }
 
-/// Runs the controller over `namespace` (all when `None`) until it shuts down.
+/// Runs the controller over `namespace` (all when `None`) until it shuts down. `client`
+/// serves its watches only; reconciles use the context's.
 async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
     let ns = namespace.as_deref();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);

@@ -119,3 +119,70 @@ async fn a_stale_write_loses_the_race() {
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
     assert_eq!(holder(&store).0.as_deref(), Some("b"));
 }
+
+/// An API server that takes every request and never answers.
+fn silent_client() -> kube::Client {
+    let service = tower::service_fn(|_: http::Request<kube::client::Body>| {
+        std::future::pending::<Result<http::Response<kube::client::Body>, std::convert::Infallible>>(
+        )
+    });
+    kube::Client::new(service, "default")
+}
+
+/// A standby may take the Lease over once it runs out, so a leader whose renewal was
+/// accepted and never answered must count the Lease as lost by then, not wait on the
+/// answer while another replica starts reconciling.
+#[tokio::test]
+async fn a_renewal_never_answered_loses_the_lease_when_it_runs_out() {
+    const LEASE_DURATION: Duration = Duration::from_millis(600);
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(silent_client(), "anchorpipe-system"),
+        LeaseConfig {
+            name: "anchorpipe-operator".into(),
+            identity: "a".into(),
+            lease_duration: LEASE_DURATION,
+            renew_period: Duration::from_millis(200),
+        },
+    );
+    let renewed = tokio::time::Instant::now();
+    let lost = tokio::time::timeout(Duration::from_secs(10), elector.hold(renewed))
+        .await
+        .expect("still waiting on the unanswered renewal long after the Lease ran out");
+    let held = renewed.elapsed();
+    assert!(
+        matches!(lost, anchorpipe_operator::error::Error::Lease(_)),
+        "{lost}"
+    );
+    assert!(
+        held >= LEASE_DURATION,
+        "gave up before the Lease ran out: {held:?}"
+    );
+}
+
+/// A standby's attempt the API server never answers is given up and tried again.
+#[tokio::test]
+async fn an_acquire_attempt_never_answered_is_given_up_and_retried() {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let service = tower::service_fn(move |_: http::Request<kube::client::Body>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::pending::<Result<http::Response<kube::client::Body>, std::convert::Infallible>>(
+        )
+    });
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(kube::Client::new(service, "default"), "anchorpipe-system"),
+        LeaseConfig {
+            name: "anchorpipe-operator".into(),
+            identity: "b".into(),
+            lease_duration: Duration::from_millis(600),
+            renew_period: Duration::from_millis(100),
+        },
+    );
+    let waited = tokio::time::timeout(Duration::from_millis(1_000), elector.acquire()).await;
+    assert!(waited.is_err(), "acquired a Lease nobody answered for");
+    let attempts = requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        attempts >= 3,
+        "only {attempts} attempts in 1 s at one per 100 ms"
+    );
+}

@@ -79,7 +79,9 @@ pub fn required_env(name: &str) -> String {
 }
 
 /// Polls `probe` every 250 ms until it returns `Ok`, or fails the test after `timeout`
-/// with what the last attempt saw (`Err` carries that description).
+/// with what the last attempt saw (`Err` carries that description). An attempt that
+/// has not answered by then fails the test too, so a probe stuck on a lost request
+/// cannot hang it.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -87,18 +89,25 @@ where
 {
     let started = Instant::now();
     loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) => {
-                assert!(
-                    started.elapsed() < timeout,
-                    "timed out after {timeout:?} waiting for {what}; last seen: {last}"
-                );
-            }
-        }
+        let left = timeout.saturating_sub(started.elapsed());
+        let last = match tokio::time::timeout(left.max(MIN_ATTEMPT), probe()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(last)) => last,
+            Err(_) => format!(
+                "the last attempt did not answer within {:?}",
+                left.max(MIN_ATTEMPT)
+            ),
+        };
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; last seen: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The least time [`eventually`] gives one attempt, even at its deadline.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// A short random suffix for namespace, tenant and database names, so tests (and runs)
 /// never share state.

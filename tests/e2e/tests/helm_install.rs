@@ -401,7 +401,7 @@ impl SuiteOperatorStandsBy {
             },
         ));
         let waited = Instant::now();
-        tokio::time::timeout(Duration::from_secs(300), elector.acquire())
+        let acquired = tokio::time::timeout(Duration::from_secs(300), elector.acquire())
             .await
             .unwrap_or_else(|_| {
                 panic!("{SUITE_LEASE_NAMESPACE}/{SUITE_LEASE} held by another operator for 300s")
@@ -414,7 +414,7 @@ impl SuiteOperatorStandsBy {
         }
         let holder = elector.clone();
         let renewing = tokio::spawn(async move {
-            let error = holder.hold().await;
+            let error = holder.hold(acquired).await;
             eprintln!("helm_install: lost {SUITE_LEASE}: {error}");
         });
         Self { elector, renewing }
