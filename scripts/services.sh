@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL and RabbitMQ for local runs, tests and benchmarks: installed from Debian's
-# packages when missing, started on loopback, reused when already running.
+# packages when missing, started on loopback, reused when already running. The C
+# toolchain the Rust build needs is installed here too when missing: every command that
+# builds runs `up` first.
 #
 #   scripts/services.sh up        install if needed, start, create the database; idempotent
 #   scripts/services.sh down      stop both
@@ -42,6 +44,10 @@ install_packages() {
     command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # The build compiles C: ring (TLS) with cc, the ingest binary's allocator (jemalloc)
+    # with its configure script and make.
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    command -v make >/dev/null 2>&1 || missing+=(make)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]} (apt)"
         export DEBIAN_FRONTEND=noninteractive
