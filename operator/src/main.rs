@@ -237,7 +237,7 @@ fn main() -> ExitCode {
                 wait_timeout: Duration::from_secs(args.wait_timeout_seconds),
             };
             block_on(async move {
-                let client = kube::Client::try_default().await?;
+                let client = anchorpipe_operator::run::request_client().await?;
                 uninstall::release_finalizers(client, &config).await
             })
             .map_or(ExitCode::FAILURE, |released| {

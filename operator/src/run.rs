@@ -63,12 +63,7 @@ pub async fn counting_client(
     metrics: Arc<Metrics>,
     read_timeout: Option<Duration>,
 ) -> Result<Client> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    config.read_timeout = read_timeout;
-    // Counted from the request, not from when its pooled connection went idle.
-    config.reset_reader_on_write = read_timeout.is_some();
+    let config = client_config(read_timeout).await?;
     let count =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
             metrics.api_request(request.method(), request.uri().path());
@@ -77,6 +72,25 @@ pub async fn counting_client(
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build())
+}
+
+/// A client for one-off commands (the uninstall hook): every answer awaited at most
+/// [`API_REQUEST_TIMEOUT`].
+pub async fn request_client() -> Result<Client> {
+    Ok(Client::try_from(
+        client_config(Some(API_REQUEST_TIMEOUT)).await?,
+    )?)
+}
+
+/// The inferred kube config, with `read_timeout` counted from each request rather than
+/// from when its pooled connection went idle.
+async fn client_config(read_timeout: Option<Duration>) -> Result<kube::Config> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.read_timeout = read_timeout;
+    config.reset_reader_on_write = read_timeout.is_some();
+    Ok(config)
 }
 
 pub async fn run(config: RunConfig) -> Result<()> {
