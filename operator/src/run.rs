@@ -74,17 +74,17 @@ pub async fn counting_client(
         .build())
 }
 
-/// A client for one-off commands (the uninstall hook): every answer awaited at most
-/// [`API_REQUEST_TIMEOUT`].
-pub async fn request_client() -> Result<Client> {
-    Ok(Client::try_from(
-        client_config(Some(API_REQUEST_TIMEOUT)).await?,
-    )?)
+/// A client for one-off commands that make requests and open no watch (the uninstall
+/// hook): every answer awaited at most [`API_REQUEST_TIMEOUT`].
+pub async fn request_client() -> std::result::Result<Client, kube::Error> {
+    Client::try_from(client_config(Some(API_REQUEST_TIMEOUT)).await?)
 }
 
 /// The inferred kube config, with `read_timeout` counted from each request rather than
 /// from when its pooled connection went idle.
-async fn client_config(read_timeout: Option<Duration>) -> Result<kube::Config> {
+async fn client_config(
+    read_timeout: Option<Duration>,
+) -> std::result::Result<kube::Config, kube::Error> {
     let mut config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
