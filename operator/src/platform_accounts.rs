@@ -30,8 +30,8 @@ pub struct PlatformAccounts {
     vhost: String,
     /// Per tenant: which credential set and grant [`Accounts::ensure`] last confirmed,
     /// and when. A tenant's reconciles come in bursts while it converges (its own
-    /// Deployment's progress wakes it); each used to repeat a database round trip and
-    /// five management API calls that had just succeeded.
+    /// Deployment's progress wakes it), and confirming again what was just confirmed
+    /// costs a database round trip and five management API calls each time.
     ensured: Mutex<HashMap<String, (u64, Instant)>>,
 }
 

@@ -236,10 +236,18 @@ impl Context {
             &endpoint.name_any(),
             name,
         );
-        if let Some(object) = self.cached::<K>(&key) {
-            return Ok(Some(object));
+        self.cached_or_read(api, &key, name).await
+    }
+
+    /// The object kept under `key` (see [`Self::cached`]), or else `name` read from `api`.
+    async fn cached_or_read<K>(&self, api: &Api<K>, key: &str, name: &str) -> Result<Option<K>>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + 'static,
+    {
+        match self.cached::<K>(key) {
+            Some(object) => Ok(Some(object)),
+            None => Ok(api.get_opt(name).await?),
         }
-        Ok(api.get_opt(name).await?)
     }
 
     fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
@@ -516,10 +524,7 @@ async fn apply_object_over<K: Owned>(
     if let Some(seen) = last {
         let live = match live {
             Some(live) => live.cloned(),
-            None => match ctx.cached::<K>(&key) {
-                Some(kept) => Some(kept),
-                None => api.get_opt(&name).await?,
-            },
+            None => ctx.cached_or_read(api, &key, &name).await?,
         };
         if let Some(live) = live
             && observed(live.meta(), meta) == seen
