@@ -75,7 +75,7 @@ pub async fn counting_client(
 }
 
 /// A client for one-off commands that make requests and open no watch (the uninstall
-/// hook): every answer awaited at most [`API_REQUEST_TIMEOUT`].
+/// hook, the e2e suite): every answer awaited at most [`API_REQUEST_TIMEOUT`].
 pub async fn request_client() -> std::result::Result<Client, kube::Error> {
     Client::try_from(client_config(Some(API_REQUEST_TIMEOUT)).await?)
 }

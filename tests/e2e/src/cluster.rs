@@ -50,17 +50,14 @@ fn crd_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/yaml/ingestionendpoint.yaml")
 }
 
-/// A client of the test cluster. Every answer is awaited at most 30 s: kube waits
+/// A client of the test cluster, bounded like the operator's own requests: kube waits
 /// forever by default, and a request lost in one of the suite's API server restarts
-/// must fail its attempt, not hang the test.
+/// must fail its attempt, not hang the test. The suite opens no watch.
 pub async fn client() -> Client {
     required_env("KUBECONFIG");
-    let mut config = kube::Config::infer()
+    anchorpipe_operator::run::request_client()
         .await
-        .unwrap_or_else(|e| panic!("kube config from KUBECONFIG: {e}"));
-    config.read_timeout = Some(Duration::from_secs(30));
-    config.reset_reader_on_write = true;
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client from KUBECONFIG: {e}"))
+        .unwrap_or_else(|e| panic!("kube client from KUBECONFIG: {e}"))
 }
 
 /// Output of a `kubectl` run.
